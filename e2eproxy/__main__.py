@@ -1,0 +1,3 @@
+from e2eproxy.cli import main
+
+raise SystemExit(main())
