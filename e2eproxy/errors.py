@@ -10,7 +10,7 @@ class E2EProxyError(Exception):
 
 
 class ConfigError(E2EProxyError):
-    """A configuration file or flag is wrong; the message names the file, the key and the problem."""
+    """A config file or flag is wrong; the message names the file, the key and the problem."""
 
 
 class StoreError(E2EProxyError):

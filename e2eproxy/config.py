@@ -1,0 +1,339 @@
+"""Configuration: one TOML file parsed with tomllib into frozen dataclasses.
+
+Every error names the file, the key and the problem, so that `e2eproxy check-config` and a failed
+start print one useful line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from e2eproxy.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:8009"
+PASSPHRASE_ENV = "E2EPROXY_STORE_PASSPHRASE"
+SYSTEMD_CREDENTIAL = "store-passphrase"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SHARE_STRATEGIES = ("all", "verified")
+UNDECRYPTABLE_MODES = ("notice", "raw")
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One upstream homeserver served on its own listener."""
+
+    name: str
+    homeserver: str
+    listen: ListenAddress = field(default_factory=lambda: parse_listen(DEFAULT_LISTEN, "listen"))
+    # The URL clients use to reach this proxy; advertised in /.well-known/matrix/client.
+    public_url: str | None = None
+    # Origins allowed by CORS; empty means no Access-Control-Allow-Origin header at all.
+    cors_origins: tuple[str, ...] = ()
+    # Seconds to wait for the homeserver to start answering a request (long-poll syncs excepted).
+    upstream_timeout: float = 60.0
+
+    @property
+    def advertised_url(self) -> str:
+        return self.public_url or f"http://{self.listen}"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("e2eproxy")))
+    use_keyring: bool = True
+    # A file holding the store passphrase. Looked up in order: E2EPROXY_STORE_PASSPHRASE, this
+    # file, then the systemd credential "store-passphrase".
+    passphrase_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    # "all": every device except blacklisted ones receives room keys; "verified": only verified.
+    share_strategy: str = "all"
+    # Seconds a /sync answer may wait for a missing room key that can still arrive.
+    missing_key_wait: float = 3.0
+    # "notice": undecryptable events become a visible m.notice; "raw": pass m.room.encrypted.
+    undecryptable: str = "notice"
+
+
+@dataclass(frozen=True)
+class Config:
+    servers: tuple[ServerConfig, ...]
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    source: str = "<defaults>"
+
+    def store_passphrase(self) -> str | None:
+        """The passphrase from the environment or the configured file, if any."""
+        from_env = os.environ.get(PASSPHRASE_ENV)
+        if from_env:
+            return from_env
+        if self.store.passphrase_file is not None:
+            try:
+                return self.store.passphrase_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.source}: store.passphrase_file: cannot read "
+                    f"{self.store.passphrase_file}: {exc.strerror}"
+                ) from exc
+        # systemd's LoadCredential=store-passphrase:... (see systemd/e2eproxy.service)
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            credential = Path(credentials) / SYSTEMD_CREDENTIAL
+            if credential.is_file():
+                return credential.read_text().rstrip("\r\n")
+        return None
+
+
+def parse_listen(value: str, key: str, source: str = "<flag>") -> ListenAddress:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{source}: {key}: expected HOST:PORT, got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{source}: {key}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{source}: {key}: port {port} is out of range 1-65535")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{source}: {key}: {host!r} is not an IP address (or 'localhost')"
+            ) from None
+    return ListenAddress(host, port)
+
+
+def check_url(value: str, key: str, source: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source}: {key}: expected an http(s) URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{source}: {key}: URL must not have a query or fragment: {value!r}")
+    return value.rstrip("/")
+
+
+class _Table:
+    """Reads typed keys from one TOML table and rejects the ones nobody asked for."""
+
+    def __init__(self, data: Any, prefix: str, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: {prefix}: expected a table")
+        self.data = data
+        self.prefix = prefix
+        self.source = source
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        # bool is an int in Python; a number where a flag belongs is still a mistake.
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            value_ok = False
+        else:
+            value_ok = isinstance(value, kinds)
+        if not value_ok:
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(
+                f"{self.source}: {self.key(name)}: expected {wanted}, got {type(value).__name__}"
+            )
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value: str = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.source}: {self.key(name)}: must be one of {', '.join(choices)}; "
+                f"got {value!r}"
+            )
+        return value
+
+    def positive(self, name: str, default: float) -> float:
+        value = float(self.get(name, (int, float), default))
+        if value <= 0:
+            raise ConfigError(f"{self.source}: {self.key(name)}: must be positive, got {value}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self.source}: {self.key(unknown[0])}: unknown key")
+
+
+def _server(name: str, data: Any, source: str) -> ServerConfig:
+    table = _Table(data, f"servers.{name}", source)
+    homeserver = table.get("homeserver", str, None)
+    if homeserver is None:
+        raise ConfigError(f"{source}: {table.key('homeserver')}: missing (the homeserver URL)")
+    public_url = table.get("public_url", str, None)
+    origins = table.get("cors_origins", list, [])
+    if not all(isinstance(o, str) for o in origins):
+        raise ConfigError(f"{source}: {table.key('cors_origins')}: expected a list of strings")
+    server = ServerConfig(
+        name=name,
+        homeserver=check_url(homeserver, table.key("homeserver"), source),
+        listen=parse_listen(table.get("listen", str, DEFAULT_LISTEN), table.key("listen"), source),
+        public_url=check_url(public_url, table.key("public_url"), source) if public_url else None,
+        cors_origins=tuple(origins),
+        upstream_timeout=table.positive("upstream_timeout", 60.0),
+    )
+    table.finish()
+    return server
+
+
+def _store(data: Any, source: str, base: Path) -> StoreConfig:
+    table = _Table(data, "store", source)
+    defaults = StoreConfig()
+    data_dir = table.get("data_dir", str, None)
+    passphrase_file = table.get("passphrase_file", str, None)
+    store = StoreConfig(
+        data_dir=(base / Path(data_dir).expanduser()) if data_dir else defaults.data_dir,
+        use_keyring=table.get("use_keyring", bool, True),
+        passphrase_file=(base / Path(passphrase_file).expanduser()) if passphrase_file else None,
+    )
+    table.finish()
+    return store
+
+
+def _log(data: Any, source: str) -> LogConfig:
+    table = _Table(data, "log", source)
+    log = LogConfig(level=table.choice("level", LOG_LEVELS, "info"))
+    table.finish()
+    return log
+
+
+def _encryption(data: Any, source: str) -> EncryptionConfig:
+    table = _Table(data, "encryption", source)
+    encryption = EncryptionConfig(
+        share_strategy=table.choice("share_strategy", SHARE_STRATEGIES, "all"),
+        missing_key_wait=float(table.get("missing_key_wait", (int, float), 3.0)),
+        undecryptable=table.choice("undecryptable", UNDECRYPTABLE_MODES, "notice"),
+    )
+    if encryption.missing_key_wait < 0:
+        raise ConfigError(f"{source}: encryption.missing_key_wait: must not be negative")
+    table.finish()
+    return encryption
+
+
+def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None) -> Config:
+    """Build a Config from parsed TOML; relative paths are relative to `base`."""
+    base = base or Path.cwd()
+    top = _Table(data, "", source)
+    servers_data = top.get("servers", dict, {})
+    servers = tuple(_server(name, table, source) for name, table in servers_data.items())
+    config = Config(
+        servers=servers,
+        store=_store(top.get("store", dict, {}), source, base),
+        log=_log(top.get("log", dict, {}), source),
+        encryption=_encryption(top.get("encryption", dict, {}), source),
+        source=source,
+    )
+    top.finish()
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks across tables: at least one server, no two listeners on one address."""
+    if not config.servers:
+        raise ConfigError(
+            f"{config.source}: servers: no [servers.NAME] table (or --homeserver) given"
+        )
+    # Two listeners on one port conflict even on different hosts once one of them is a wildcard;
+    # refusing every shared port keeps the rule simple and the error early.
+    seen: dict[int, str] = {}
+    for server in config.servers:
+        port = server.listen.port
+        if port in seen:
+            raise ConfigError(
+                f"{config.source}: servers.{server.name}.listen: port {port} "
+                f"is already used by servers.{seen[port]}"
+            )
+        seen[port] = server.name
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path), base=path.parent)
+
+
+def with_overrides(
+    config: Config | None,
+    *,
+    homeserver: str | None = None,
+    listen: str | None = None,
+    data_dir: str | None = None,
+    log_level: str | None = None,
+) -> Config:
+    """Apply command-line flags on top of a file (or of the embedded defaults)."""
+    if config is None:
+        if homeserver is None:
+            raise ConfigError("<flags>: --homeserver is required when no --config file is given")
+        server = ServerConfig(
+            name="default", homeserver=check_url(homeserver, "--homeserver", "<flags>")
+        )
+        config = Config(servers=(server,), source="<flags>")
+    servers = list(config.servers)
+    if homeserver is not None or listen is not None:
+        if len(servers) != 1:
+            raise ConfigError(
+                f"{config.source}: --homeserver/--listen apply to one server, "
+                f"but the config has {len(servers)}"
+            )
+        first = servers[0]
+        if homeserver is not None:
+            first = replace(first, homeserver=check_url(homeserver, "--homeserver", "<flags>"))
+        if listen is not None:
+            first = replace(first, listen=parse_listen(listen, "--listen"))
+        servers = [first]
+    store = config.store
+    if data_dir is not None:
+        store = replace(store, data_dir=Path(data_dir).expanduser().absolute())
+    log = config.log
+    if log_level is not None:
+        if log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"<flags>: --log-level: must be one of {', '.join(LOG_LEVELS)}")
+        log = replace(log, level=log_level.lower())
+    updated = replace(config, servers=tuple(servers), store=store, log=log)
+    validate(updated)
+    return updated

@@ -1,0 +1,49 @@
+"""Forward a request to the homeserver untouched, streaming the body both ways."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from e2eproxy.proxy.keys import UPSTREAM
+from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+
+
+def _request_body(request: web.Request) -> object:
+    # A body-less GET must not become a chunked empty body upstream.
+    if request.body_exists:
+        return request.content
+    return None
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    upstream = request.app[UPSTREAM]
+    headers = forward_request_headers(request.headers)
+    long_poll = long_poll_ms(request.query)
+    async with upstream.open(
+        request.method, request.raw_path, headers, _request_body(request), long_poll
+    ) as upstream_response:
+        response = web.StreamResponse(
+            status=upstream_response.status,
+            reason=upstream_response.reason,
+            headers=forward_response_headers(upstream_response.headers),
+        )
+        await response.prepare(request)
+        try:
+            async for chunk in upstream_response.content.iter_chunked(CHUNK_SIZE):
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone already: all we can do is cut the body so the client sees an error
+            # instead of a silently truncated file.
+            log.warning("Upstream broke off a response body: %s", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response

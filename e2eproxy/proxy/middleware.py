@@ -1,0 +1,71 @@
+"""The only place where exceptions become HTTP responses, always as Matrix error JSON."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from e2eproxy.errors import MatrixError, UpstreamError
+from e2eproxy.proxy.keys import SERVER
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("e2eproxy.requests")
+
+
+def matrix_error(status: int, errcode: str, message: str) -> web.Response:
+    return web.json_response({"errcode": errcode, "error": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MatrixError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
+    except UpstreamError as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
+        return matrix_error(exc.status, "M_UNKNOWN", exc.message)
+    except web.HTTPNotFound:
+        return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
+    except web.HTTPMethodNotAllowed:
+        return matrix_error(405, "M_UNRECOGNIZED", "Unrecognized request")
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("Internal error handling %s %s", request.method, request.path)
+        return matrix_error(500, "M_UNKNOWN", "Internal error in e2eproxy")
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: streamed responses are prepared inside the handler, so CORS
+    headers are added here, just before headers go out. Only listed origins get them."""
+    allowed = request.app[SERVER].cors_origins
+    origin = request.headers.get("Origin")
+    if not (origin and allowed and ("*" in allowed or origin in allowed)):
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = (
+        "X-Requested-With, Content-Type, Authorization, Date"
+    )
+    if "*" not in allowed:
+        response.headers.add("Vary", "Origin")
+
+
+@web.middleware
+async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One debug line per request; the path only (query strings may carry tokens)."""
+    if not request_log.isEnabledFor(logging.DEBUG):
+        return await handler(request)
+    started = time.monotonic()
+    status = 0
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        elapsed = (time.monotonic() - started) * 1000
+        request_log.debug("%s %s -> %s (%.1f ms)", request.method, request.path, status, elapsed)

@@ -1,0 +1,177 @@
+"""The one HTTP client towards the homeserver, and the header rules of a transparent proxy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from e2eproxy.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 section 7.6.1: connection-specific headers are never forwarded by a proxy.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+# Set by the HTTP client from the URL we send to.
+_REQUEST_DROP = HOP_BY_HOP | {"host"}
+# The proxy decides CORS itself: the homeserver's "Access-Control-Allow-Origin: *" must not leak
+# through unless the operator configured it.
+_RESPONSE_DROP = HOP_BY_HOP | {
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+}
+
+# How long a long-polling /sync may stay silent beyond the timeout the client asked for.
+LONG_POLL_GRACE_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    """Headers named in Connection are hop-by-hop too (RFC 9110 section 7.6.1)."""
+    value = headers.get("Connection", "")
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+def forward_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    dropped = _REQUEST_DROP | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+
+
+def forward_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    dropped = _RESPONSE_DROP | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+
+
+def long_poll_ms(query: Mapping[str, str]) -> float:
+    """The `timeout` a client asked the server to hold the request (sync, keys/claim), in ms."""
+    try:
+        return max(0.0, float(query.get("timeout", "0")))
+    except ValueError:
+        return 0.0
+
+
+class Upstream:
+    """Owns the ClientSession for one homeserver.
+
+    Bodies are never decompressed here (auto_decompress=False): a pass-through response goes back
+    byte for byte with its Content-Encoding. Handlers that must read JSON ask for identity encoding.
+    """
+
+    def __init__(self, base_url: str, read_timeout: float) -> None:
+        self.base_url = URL(base_url)
+        self.read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstream used before start()")
+        return self._session
+
+    def url_for(self, raw_path_and_query: str) -> URL:
+        """Join the raw (still percent-encoded) path and query onto the homeserver URL."""
+        base = str(self.base_url).rstrip("/")
+        return URL(base + raw_path_and_query, encoded=True)
+
+    def timeout_for(self, extra_ms: float = 0.0) -> aiohttp.ClientTimeout:
+        grace = LONG_POLL_GRACE_S if extra_ms else 0.0
+        return aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=CONNECT_TIMEOUT_S,
+            sock_read=self.read_timeout + extra_ms / 1000.0 + grace,
+        )
+
+    @asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        raw_path_and_query: str,
+        headers: Iterable[tuple[str, str]] | Mapping[str, str],
+        body: Any = None,
+        long_poll: float = 0.0,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request; yield the response with its body still unread.
+
+        Connection failures become UpstreamError(502) and timeouts UpstreamError(504), raised
+        only before the response starts: once a client has headers, we can only cut the body.
+        """
+        url = self.url_for(raw_path_and_query)
+        try:
+            async with self.session.request(
+                method,
+                url,
+                headers=CIMultiDict(headers),
+                data=body,
+                allow_redirects=False,
+                timeout=self.timeout_for(long_poll),
+            ) as response:
+                yield response
+        except TimeoutError as exc:
+            raise UpstreamError(504, "The homeserver did not answer in time") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamError(502, f"Cannot reach the homeserver: {type(exc).__name__}") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(502, "The homeserver sent a broken response") from exc
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        access_token: str | None = None,
+        body: Any = None,
+    ) -> tuple[int, Any]:
+        """A small JSON request of the proxy's own; returns (status, parsed body or None)."""
+        headers = {"Accept": "application/json"}
+        if access_token is not None:
+            headers["Authorization"] = f"Bearer {access_token}"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        data = None if body is None else _json_bytes(body)
+        async with self.open(method, path, headers, data) as response:
+            raw = await response.read()
+        try:
+            return response.status, json.loads(raw) if raw else None
+        except ValueError:
+            return response.status, None
+
+
+def _json_bytes(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,65 @@
+"""Running the proxy: one listener per configured server, clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from e2eproxy.config import Config
+from e2eproxy.errors import ConfigError
+from e2eproxy.proxy.app import create_app
+
+log = logging.getLogger("e2eproxy")
+
+# In-flight requests get this long to finish after a stop signal.
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir (private to us) and prove we can write in it, before listening."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data dir {path} is not writable: {exc.strerror}") from exc
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Start every listener, wait for a stop signal (or `stop`), then shut down cleanly."""
+    prepare_data_dir(config.store.data_dir)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runners: list[web.AppRunner] = []
+    try:
+        for server in config.servers:
+            runner = web.AppRunner(
+                create_app(server, config),
+                shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                access_log=None,
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, server.listen.host, server.listen.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {server.listen} (servers.{server.name}): {exc.strerror}"
+                ) from exc
+            log.info("Listening on http://%s for homeserver %s", server.listen, server.homeserver)
+        await stop.wait()
+        log.info("Stopping (pid %d)", os.getpid())
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        for runner in reversed(runners):
+            await runner.cleanup()

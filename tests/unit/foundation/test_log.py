@@ -1,0 +1,43 @@
+"""Secrets never reach a log line, even when code passes them by mistake."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from e2eproxy.log import RedactingFilter, redact
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer syt_secret_token",
+        "GET /_matrix/client/v3/sync?since=s1&access_token=syt_secret_token&timeout=0",
+        '{"access_token": "syt_secret_token", "user_id": "@a:b"}',
+        '{"refresh_token":"syt_secret_token"}',
+        '{"type": "m.login.password", "password": "syt_secret_token"}',
+        '{"content": {"body": "syt_secret_token"}}',
+    ],
+)
+def test_redact_removes_the_secret(text: str) -> None:
+    cleaned = redact(text)
+    assert "syt_secret_token" not in cleaned
+    assert "<redacted>" in cleaned
+
+
+def test_redact_keeps_harmless_text() -> None:
+    text = "GET /_matrix/client/v3/sync?since=s1&timeout=30000 -> 200"
+    assert redact(text) == text
+
+
+def test_filter_redacts_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("e2eproxy.test.redaction")
+    logger.addFilter(RedactingFilter())
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            logger.info("request %s failed", "/sync?access_token=syt_abc123")
+    finally:
+        logger.filters.clear()
+    assert "syt_abc123" not in caplog.text
+    assert "/sync?access_token=<redacted>" in caplog.text
