@@ -77,8 +77,7 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             "is not an IP address",
         ),
         (
-            '[servers.a]\nhomeserver = "https://x"\n'
-            '[servers.b]\nhomeserver = "https://y"\n',
+            '[servers.a]\nhomeserver = "https://x"\n[servers.b]\nhomeserver = "https://y"\n',
             "servers.b.listen: port 8009 is already used by servers.a",
         ),
         ('[servers.a]\nhomeserver = "https://x"\n[log]\nlevel = "loud"', "log.level: must be one"),
@@ -133,7 +132,8 @@ def test_passphrase_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
     credentials.mkdir()
     (credentials / "store-passphrase").write_text("from-systemd\n")
     path = write(
-        tmp_path, f'[servers.a]\nhomeserver = "https://x"\n[store]\npassphrase_file = "{secret_file}"'
+        tmp_path,
+        f'[servers.a]\nhomeserver = "https://x"\n[store]\npassphrase_file = "{secret_file}"',
     )
     config: Config = load_config(path)
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
