@@ -1,0 +1,146 @@
+"""The key export file format against matrix-rust-sdk's vector and matrix-nio, both ways."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from e2eproxy import key_export as kx
+
+PASSPHRASE = "1234"
+# matrix-rust-sdk crates/matrix-sdk-crypto/src/file_encryption/key_export.rs, TEST_EXPORT
+# (commit 64b12e0b808969c284c94f0ea239f37d6746d6e2), passphrase "1234".
+TEST_EXPORT = """\
+-----BEGIN MEGOLM SESSION DATA-----
+Af7mGhlzQ+eGvHu93u0YXd3D/+vYMs3E7gQqOhuCtkvGAAAAASH7pEdWvFyAP1JUisAcpEo
+Xke2Q7Kr9hVl/SCc6jXBNeJCZcrUbUV4D/tRQIl3E9L4fOk928YI1J+3z96qiH0uE7hpsCI
+CkHKwjPU+0XTzFdIk1X8H7sZ+MD/2Sg/q3y8rtUjz7uEj4GUTnb+9SCOTVmJsRfqgUpM1CU
+bDLytHf1JkohY4tWEgpsCc67xdzgodjr12qYrfg/zNm3LGpxlrffJknw4rk5QFTj4kMbqbD
+ZZgDTni+HxRTDGge2J620lMOiznvXX+H09Rwruqx5aJvvaaKd86jWRpiO2oSFqHn4u5ONl9
+41uzm62Sj0eIm6ZbA9NQs87jQw4LxsejhZVL+NdjIg80zVSBTWhTdo0DTnbFSNP4ReOiz0U
+XosOF8A5T8Vdx2nvA0GXltfcHKVKQYh/LJAkNQ7P9UYL4ae/5TtQZkhB1KxCLTRWqADCl53
+uBMGpG53EMgY6G6K2DEIOkcv7sdXQF5WpemiSWZqJRWj+cjfs9BpCTbkp/rszWFl2TniWpR
+RqIbT2jORlN4rTvdtF0F4z1pqP4qWyR3sLNTkXm9CFRzWADNG0RDZKxbCoo6RPvtaCTfaHo
+SwfvzBS6CjfAG+FOugpV48o7+XetaUUPZ6/tZSPhCdeV8eP9q5r0QwWeXFogzoNzWt4HYx9
+MdXxzD+f0mtg5gzehrrEEARwI2bCvPpHxlt/Na9oW/GBpkjwR1LSKgg4CtpRyWngPjdEKpZ
+GYW19pdjg0qdXNk/eqZsQTsNWVo6A
+-----END MEGOLM SESSION DATA-----"""
+
+SESSION = {
+    "algorithm": "m.megolm.v1.aes-sha2",
+    "room_id": "!room:example.org",
+    "sender_key": "SENDERCURVE",
+    "session_id": "SESSIONID",
+    "session_key": "AQAAAAB...",
+    "sender_claimed_keys": {"ed25519": "ED"},
+    "forwarding_curve25519_key_chain": [],
+    "m.shared_history": False,
+}
+FAST = kx.MIN_EXPORT_ROUNDS
+
+
+def _payload(text: str) -> bytes:
+    body = "".join(text.strip().splitlines()[1:-1])
+    return base64.b64decode(body + "=" * (-len(body) % 4))
+
+
+def _armor(payload: bytes) -> str:
+    return f"{kx.HEADER}\n{base64.b64encode(payload).decode()}\n{kx.FOOTER}"
+
+
+def test_rust_sdk_vector_decrypts() -> None:
+    sessions = kx.decrypt_key_export(TEST_EXPORT, PASSPHRASE)
+    assert sessions, "the rust-sdk vector holds at least one session"
+    assert all(s["algorithm"] == "m.megolm.v1.aes-sha2" for s in sessions)
+    assert all(s["room_id"].startswith("!") for s in sessions)
+
+
+def test_rust_sdk_vector_wrong_passphrase() -> None:
+    with pytest.raises(kx.BadMac):
+        kx.decrypt_key_export(TEST_EXPORT, "12345")
+
+
+def test_round_trip_and_format() -> None:
+    text = kx.encrypt_key_export([SESSION], "pw", rounds=FAST)
+    assert text.startswith(kx.HEADER + "\n") and text.rstrip().endswith(kx.FOOTER)
+    payload = _payload(text)
+    assert payload[0] == 1
+    assert int.from_bytes(payload[33:37], "big") == FAST
+    assert payload[17 + 8] & 0x80 == 0, "IV bit 63 is cleared"
+    assert kx.decrypt_key_export(text, "pw") == [SESSION]
+
+
+def test_export_refuses_weak_rounds() -> None:
+    with pytest.raises(ValueError):
+        kx.encrypt_key_export([SESSION], "pw", rounds=10_000)
+
+
+def test_matrix_nio_reads_our_export(tmp_path: Path) -> None:
+    from nio.crypto import key_export as nio_kx
+
+    path = tmp_path / "keys.txt"
+    path.write_text(kx.encrypt_key_export([SESSION], "pw", rounds=FAST))
+    assert json.loads(nio_kx.decrypt_and_read(str(path), "pw")) == [SESSION]
+
+
+def test_we_read_matrix_nio_export(tmp_path: Path) -> None:
+    from nio.crypto import key_export as nio_kx
+
+    path = tmp_path / "keys.txt"
+    nio_kx.encrypt_and_save(json.dumps([SESSION]).encode(), str(path), "pw", count=FAST)
+    assert kx.decrypt_key_export(path.read_text(), "pw") == [SESSION]
+
+
+@pytest.fixture(scope="module")
+def good() -> str:
+    return kx.encrypt_key_export([SESSION], "pw", rounds=FAST)
+
+
+def test_not_armored(good: str) -> None:
+    with pytest.raises(kx.NotArmored):
+        kx.decrypt_key_export(good.replace(kx.HEADER, ""), "pw")
+    with pytest.raises(kx.NotArmored):
+        kx.decrypt_key_export(f"{kx.HEADER}\n!!!notbase64\n{kx.FOOTER}", "pw")
+
+
+def test_truncated(good: str) -> None:
+    with pytest.raises(kx.TruncatedExport):
+        kx.decrypt_key_export(_armor(_payload(good)[:60]), "pw")
+
+
+def test_unknown_version(good: str) -> None:
+    with pytest.raises(kx.UnsupportedVersion):
+        kx.decrypt_key_export(_armor(b"\x02" + _payload(good)[1:]), "pw")
+
+
+def test_flipped_ciphertext_bit_is_bad_mac(good: str) -> None:
+    payload = bytearray(_payload(good))
+    payload[40] ^= 1
+    with pytest.raises(kx.BadMac):
+        kx.decrypt_key_export(_armor(bytes(payload)), "pw")
+
+
+def test_cut_tail_is_bad_mac(good: str) -> None:
+    with pytest.raises(kx.BadMac):
+        kx.decrypt_key_export(_armor(_payload(good)[:-5]), "pw")
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [b"not json", b'{"a": 1}', b"[1]", json.dumps([{**SESSION, "room_id": None}]).encode()],
+)
+def test_bad_json_or_missing_fields(plaintext: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Encrypt arbitrary bytes by swapping the JSON encoder for this one call.
+    monkeypatch.setattr(kx.json, "dumps", lambda *_a, **_k: plaintext.decode("latin-1"))
+    text = kx.encrypt_key_export([], "pw", rounds=FAST)
+    monkeypatch.undo()
+    with pytest.raises(kx.InvalidExport):
+        kx.decrypt_key_export(text, "pw")
+
+
+def test_all_errors_are_key_export_errors() -> None:
+    for cls in (kx.NotArmored, kx.TruncatedExport, kx.UnsupportedVersion, kx.BadMac):
+        assert issubclass(cls, kx.KeyExportError)
