@@ -74,6 +74,9 @@ RATE_LIMIT_KEYS = (
 )
 
 STARTUP_TIMEOUT = 60.0
+
+# Never route test traffic to 127.0.0.1 through an HTTP(S)_PROXY from the environment.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 STOP_TIMEOUT = 10.0
 
 
@@ -259,7 +262,7 @@ class SynapseServer:
                     f"Synapse exited with status {code} during startup\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with _opener.open(url, timeout=2) as response:
                     if response.status == 200 and "versions" in json.load(response):
                         return
             except (OSError, ValueError) as exc:
@@ -414,7 +417,7 @@ def _json_request(method: str, url: str, body: Mapping[str, Any] | None = None) 
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with _opener.open(request, timeout=30) as response:
             answer = json.load(response)
     except urllib.error.HTTPError as exc:
         raise SynapseError(f"{method} {url} -> {exc.code}: {exc.read().decode()}") from None
