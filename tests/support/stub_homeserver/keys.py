@@ -1,0 +1,82 @@
+"""/keys/* endpoints: upload, query, claim, changes, cross-signing uploads."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .common import client_routes, json_body, ok, session_of, stub_of
+from .errors import bad_json_field, missing_param
+from .filters import SyncFilter
+from .stream import parse_token
+from .syncbuilder import SyncBuilder, SyncRequest
+
+
+async def upload(request: web.Request) -> web.Response:
+    session = session_of(request)
+    body = await json_body(request)
+    counts = stub_of(request).upload_keys(session.user_id, session.device_id, body)
+    return ok({"one_time_key_counts": counts})
+
+
+async def query(request: web.Request) -> web.Response:
+    session = session_of(request)
+    body = await json_body(request)
+    wanted = body.get("device_keys")
+    if not isinstance(wanted, dict):
+        raise bad_json_field("device_keys must be an object")
+    return ok(stub_of(request).keys.query(session.user_id, wanted))
+
+
+async def claim(request: web.Request) -> web.Response:
+    session_of(request)
+    body = await json_body(request)
+    wanted = body.get("one_time_keys")
+    if not isinstance(wanted, dict):
+        raise bad_json_field("one_time_keys must be an object")
+    return ok(stub_of(request).keys.claim(wanted))
+
+
+async def changes(request: web.Request) -> web.Response:
+    session = session_of(request)
+    stub = stub_of(request)
+    if "from" not in request.query:
+        raise missing_param("Missing from")
+    after = parse_token(request.query["from"], "from")
+    upto = parse_token(request.query.get("to", stub.stream.token()), "to")
+    builder = SyncBuilder(stub, SyncRequest(session.user_id, session.device_id, after,
+                                            SyncFilter()))
+    builder.upto = min(upto, stub.stream.position)
+    changed, left = builder.device_lists()
+    return ok({"changed": sorted(changed), "left": sorted(left)})
+
+
+async def device_signing_upload(request: web.Request) -> web.Response:
+    session = session_of(request)
+    body = await json_body(request)
+    stub = stub_of(request)
+    stub.keys.upload_cross_signing(session.user_id, body)
+    stub.keys.mark_changed(session.user_id)
+    stub.stream.notify()
+    return ok()
+
+
+async def signatures_upload(request: web.Request) -> web.Response:
+    session_of(request)
+    body = await json_body(request)
+    stub = stub_of(request)
+    result = stub.keys.upload_signatures(body)
+    for user_id in body:
+        stub.keys.mark_changed(user_id)
+    stub.stream.notify()
+    return ok(result)
+
+
+def routes() -> list[web.RouteDef]:
+    return client_routes([
+        ("POST", "/keys/upload", upload),
+        ("POST", "/keys/query", query),
+        ("POST", "/keys/claim", claim),
+        ("GET", "/keys/changes", changes),
+        ("POST", "/keys/device_signing/upload", device_signing_upload),
+        ("POST", "/keys/signatures/upload", signatures_upload),
+    ])
