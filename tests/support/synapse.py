@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import secrets
@@ -231,6 +232,11 @@ class SynapseServer:
     def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         if self.process is not None:
             raise SynapseError("Synapse is already started")
+        if importlib.util.find_spec("synapse") is None:
+            raise SynapseError(
+                f"matrix-synapse is not installed for {sys.executable}; "
+                "install the test extra: pip install -e '.[test]'"
+            )
         self.write_config()
         env = dict(os.environ)
         env.pop("SYNAPSE_TEST_PERSIST_SQLITE_DB", None)
