@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -57,7 +58,7 @@ def keys_upload(body: dict[str, Any], request_id: str | None = None) -> Outgoing
     )
 
 
-def keys_query(users: list[str], request_id: str | None = None) -> OutgoingRequest:
+def keys_query(users: Sequence[str], request_id: str | None = None) -> OutgoingRequest:
     """``POST /keys/query`` for every device of ``users``."""
     body: dict[str, Any] = {"device_keys": {user: [] for user in users}, "timeout": 10_000}
     return OutgoingRequest(
@@ -89,10 +90,11 @@ def keys_claim(
 
 def to_device(
     event_type: str,
-    messages: dict[str, dict[str, dict[str, Any]]],
+    messages: Mapping[str, Mapping[str, dict[str, Any]]],
     request_id: str | None = None,
 ) -> OutgoingRequest:
     """``PUT /sendToDevice/{type}/{txn}``; ``messages`` is ``user -> device -> content``."""
     txn = request_id or new_request_id()
     path = f"{CLIENT_V3}/sendToDevice/{quote(event_type, safe='')}/{quote(txn, safe='')}"
-    return OutgoingRequest(txn, RequestKind.TO_DEVICE, "PUT", path, {"messages": messages})
+    body = {"messages": {user: dict(devices) for user, devices in messages.items()}}
+    return OutgoingRequest(txn, RequestKind.TO_DEVICE, "PUT", path, body)

@@ -1,0 +1,287 @@
+"""The engine facade: one synchronous, sans-I/O Olm/Megolm machine per device.
+
+Each public method is one atomic step over in-memory state. Requests go out as data
+(``OutgoingRequest``), answers come back through ``mark_request_as_sent``/``..._failed``, and what
+must be persisted is collected until ``take_changes()``. See ``changes.py`` for restoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import vodozemac
+
+from e2eproxy.crypto.account import AccountState
+from e2eproxy.crypto.changes import (
+    AccountRecord,
+    ChangeLog,
+    Changes,
+    DeviceRecord,
+    EngineSnapshot,
+    InboundGroupSessionRecord,
+    ReplayRecord,
+)
+from e2eproxy.crypto.claims import OlmClaimer
+from e2eproxy.crypto.clock import Clock
+from e2eproxy.crypto.decrypt import RoomDecryptor, Withheld, bundled_events, megolm_session_id
+from e2eproxy.crypto.devices import DeviceTracker
+from e2eproxy.crypto.key_share import KeySharer
+from e2eproxy.crypto.megolm_in import DEFAULT_CACHE_SIZE, InboundSessions
+from e2eproxy.crypto.megolm_out import OutboundSessions
+from e2eproxy.crypto.olm import OlmSessions
+from e2eproxy.crypto.requests import RequestQueue
+from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason, SyncResult
+from e2eproxy.crypto.rooms import RoomStates
+from e2eproxy.crypto.settings import EncryptionSettings, LocalTrust, SharingStrategy
+from e2eproxy.crypto.sync import Parts, SyncProcessor
+from e2eproxy.errors import LocalProtocolError
+from e2eproxy.protocol import api
+from e2eproxy.protocol.api import OutgoingRequest, RequestKind
+from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
+
+logger = logging.getLogger(__name__)
+MAX_QUERY_USERS = 250
+
+
+class OlmMachine:
+    """End-to-end encryption for one Matrix device, driven by data in and data out."""
+
+    def __init__(self, user_id: str, device_id: str, clock: Clock,
+                 account: vodozemac.Account | None = None, *,
+                 inbound_cache_size: int = DEFAULT_CACHE_SIZE,
+                 _record: AccountRecord | None = None) -> None:
+        self.user_id = UserId(user_id)
+        self.device_id = DeviceId(device_id)
+        self._clock = clock
+        self._log = ChangeLog()
+        record = _record or AccountRecord(account or vodozemac.Account(), False, None, None)
+        self._account = AccountState(self.user_id, self.device_id, record, self._log)
+        if _record is None:
+            self._log.account(record)
+        self._devices = DeviceTracker(self.user_id, self.device_id, self._account.ed25519,
+                                      self._log)
+        self._olm = OlmSessions(self._account, self._devices, clock, self._log)
+        self._claimer = OlmClaimer(self._devices, self._olm, clock, self._log)
+        self._inbound = InboundSessions(self._log, inbound_cache_size)
+        self._outbound = OutboundSessions(self._log)
+        self._rooms = RoomStates(self._log)
+        self._queue = RequestQueue(self._log)
+        self._withheld: Withheld = {}
+        parts = Parts(self._account, self._devices, self._olm, self._claimer, self._inbound,
+                      self._outbound, self._rooms, self._withheld, self._log)
+        self._sync = SyncProcessor(parts, clock.now_ms)
+        self._sync.inbound_complete = _record is None
+        self._decryptor = RoomDecryptor(self._inbound, self._devices, self._withheld, self._log)
+        self._sharer = KeySharer(self._account, self._devices, self._olm, self._claimer,
+                                 self._outbound, self._queue, clock)
+        self._devices.track([self.user_id])
+
+    # -- restore -------------------------------------------------------------------------
+    @classmethod
+    def restore(cls, user_id: str, device_id: str, clock: Clock, snapshot: EngineSnapshot, *,
+                inbound_cache_size: int = DEFAULT_CACHE_SIZE,
+                inbound_complete: bool = False) -> OlmMachine:
+        """Rebuild an engine from stored records.
+
+        ``inbound_complete``: the snapshot holds *every* stored inbound group session, so a key
+        that is not in it is known to be new. Pending to-device requests are handed out again by
+        ``outgoing_requests``; other pending requests are regenerated from state.
+        """
+        machine = cls(user_id, device_id, clock, inbound_cache_size=inbound_cache_size,
+                      _record=snapshot.account)
+        machine._devices.load(snapshot.tracked_users, snapshot.devices)
+        machine._olm.load(snapshot.olm_sessions)
+        machine._outbound.load(snapshot.outbound_group_sessions)
+        machine._rooms.load(snapshot.rooms)
+        for item in snapshot.withheld:
+            machine._withheld[(item.room_id, item.session_id)] = item.code
+        machine._inbound.load(snapshot.inbound_group_sessions, snapshot.replay_entries)
+        machine._sync.load_hashes(snapshot.to_device_hashes)
+        machine._sync.inbound_complete = inbound_complete
+        to_device = [r for r in snapshot.pending_requests if r.kind is RequestKind.TO_DEVICE]
+        machine._queue.load(to_device)
+        for request in snapshot.pending_requests:
+            if request.kind is not RequestKind.TO_DEVICE:
+                machine._log.request_removed(request.id)
+        machine._log.take()
+        machine._devices.track([machine.user_id])
+        return machine
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def identity_keys(self) -> dict[str, str]:
+        """Our ``{"ed25519": ..., "curve25519": ...}`` public keys."""
+        return self._account.identity_keys
+
+    def device_keys(self) -> dict[str, Any]:
+        """Our signed ``device_keys`` object as uploaded to ``/keys/upload``."""
+        return self._account.device_keys()
+
+    # -- sync ----------------------------------------------------------------------------
+    def receive_sync(self, body: dict[str, Any]) -> SyncResult:
+        """Apply a ``/sync`` response body; idempotent; never raises on bad data."""
+        return self._sync.process(body)
+
+    def update_room_encryption(self, room_id: str, content: dict[str, Any]) -> None:
+        """The shell learned a room's ``m.room.encryption`` content from the server."""
+        self._sync.set_encryption(RoomId(room_id), content)
+
+    def update_history_visibility(self, room_id: str, visibility: str) -> None:
+        self._sync.state_event(RoomId(room_id), {
+            "type": "m.room.history_visibility", "state_key": "",
+            "content": {"history_visibility": visibility},
+        })
+
+    def update_room_members(self, room_id: str, members: dict[str, str]) -> None:
+        """The shell learned memberships (user -> join/invite/leave/ban) from the server."""
+        for user, membership in members.items():
+            self._sync.set_membership(RoomId(room_id), UserId(user), membership)
+
+    def is_room_encrypted(self, room_id: str) -> bool:
+        return self._rooms.is_encrypted(RoomId(room_id))
+
+    def room_encryption_settings(self, room_id: str) -> EncryptionSettings | None:
+        return self._rooms.settings(RoomId(room_id))
+
+    def room_members(self, room_id: str) -> list[UserId]:
+        """Joined and invited members we know of."""
+        return self._rooms.active_members(RoomId(room_id))
+
+    # -- decryption ----------------------------------------------------------------------
+    def sessions_needed(self, room_id: str, events: Iterable[Any]
+                        ) -> list[tuple[RoomId, SessionId]]:
+        """Inbound sessions the store should load before these events are decrypted."""
+        keys = []
+        for event in events:
+            for item in [event, *bundled_events(event)]:
+                session_id = megolm_session_id(item)
+                if session_id is not None:
+                    keys.append((RoomId(room_id), session_id))
+        return self._inbound.needed(keys)
+
+    def load_inbound_group_sessions(self, records: Iterable[InboundGroupSessionRecord],
+                                    replay_entries: Iterable[ReplayRecord] = ()) -> None:
+        """Accept sessions (and their replay entries) loaded from the store."""
+        self._inbound.load(records, replay_entries)
+
+    def decrypt_room_event(self, room_id: str, event: Any) -> Decrypted | DecryptionFailure:
+        """Decrypt one Megolm room event; failures are values, never exceptions."""
+        try:
+            return self._decryptor.decrypt(RoomId(room_id), event)
+        except Exception:  # a bug must not take the whole sync down with it
+            logger.exception("unexpected error while decrypting a room event")
+            return DecryptionFailure(FailureReason.MALFORMED, "internal error")
+
+    # -- encryption ----------------------------------------------------------------------
+    def share_room_key(self, room_id: str, members: Iterable[str]) -> list[OutgoingRequest]:
+        """The next step of sharing the room key with ``members``' devices.
+
+        Returns a ``/keys/query`` (users never queried), else a ``/keys/claim`` (devices without
+        an Olm session), else the to-device requests carrying ``m.room_key`` and withheld notices
+        (possibly none). Send them, report the answers, and call again until no query or claim
+        comes back. Raises ``LocalProtocolError`` for a room not known to be encrypted.
+        """
+        settings = self._rooms.settings(RoomId(room_id))
+        if settings is None:
+            raise LocalProtocolError(f"room {room_id} is not known to be encrypted")
+        return self._sharer.share(RoomId(room_id), [UserId(m) for m in members], settings)
+
+    def encrypt(self, room_id: str, event_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        """``m.room.encrypted`` content for a room event; the key must have been shared."""
+        return self._outbound.encrypt(
+            RoomId(room_id), event_type, content, self._rooms.settings(RoomId(room_id)),
+            self._account.curve25519, self.device_id, self._clock.now_ms(),
+        )
+
+    def discard_room_key(self, room_id: str) -> None:
+        """Forget the room's outbound session, e.g. after a failed share."""
+        self._outbound.discard(RoomId(room_id))
+
+    # -- trust ---------------------------------------------------------------------------
+    def set_local_trust(self, user_id: str, device_id: str, trust: LocalTrust) -> None:
+        if not self._devices.set_local_trust(UserId(user_id), DeviceId(device_id), trust):
+            raise LocalProtocolError(f"unknown device {user_id} {device_id}")
+        if trust is LocalTrust.BLACKLISTED:
+            self._outbound.discard_shared_with(UserId(user_id), DeviceId(device_id))
+
+    def set_sharing_strategy(self, strategy: SharingStrategy) -> None:
+        self._sharer.strategy = strategy
+
+    def get_device(self, user_id: str, device_id: str) -> DeviceRecord | None:
+        return self._devices.get(user_id, device_id)
+
+    def devices_of(self, user_id: str) -> list[DeviceRecord]:
+        return self._devices.active_devices(UserId(user_id))
+
+    # -- requests ------------------------------------------------------------------------
+    def outgoing_requests(self) -> list[OutgoingRequest]:
+        """Requests to send now; each is handed out once until answered or failed."""
+        now = self._clock.now_ms()
+        if self._account.upload_in_flight is None:
+            body = self._account.upload_body(now)
+            if body is not None:
+                request = api.keys_upload(body)
+                self._account.upload_in_flight = request.id
+                self._queue.add(request)
+        users = self._devices.users_to_query(now)
+        for start in range(0, len(users), MAX_QUERY_USERS):
+            batch = users[start : start + MAX_QUERY_USERS]
+            request = api.keys_query(batch)
+            self._devices.query_sent(request.id, batch)
+            self._queue.add(request)
+        claim = self._claimer.claim_request(self._claimer.wedged_to_claim())
+        if claim is not None:
+            self._queue.add(claim)
+        return self._queue.take_unsent()
+
+    def mark_request_as_sent(self, request_id: str, response: Any) -> None:
+        """The server answered ``request_id`` successfully with ``response`` (its JSON)."""
+        request = self._queue.pop(request_id)
+        if request is None:
+            return
+        now = self._clock.now_ms()
+        if request.kind is RequestKind.KEYS_UPLOAD:
+            self._account.upload_succeeded(response)
+        elif request.kind is RequestKind.KEYS_QUERY:
+            update = self._devices.receive_query(request_id, response, now)
+            for device in update.removed:
+                self._outbound.discard_shared_with(device.user_id, device.device_id)
+        elif request.kind is RequestKind.KEYS_CLAIM:
+            for device in self._claimer.receive(request_id, response):
+                self._after_new_session(device)
+        elif request.kind is RequestKind.TO_DEVICE:
+            self._outbound.request_done(request_id, success=True)
+
+    def _after_new_session(self, device: DeviceRecord) -> None:
+        key = (device.user_id, device.device_id)
+        if key not in self._claimer.wedged:
+            return
+        self._claimer.wedged.discard(key)
+        content = self._olm.encrypt(device, "m.dummy", {})
+        if content is not None:
+            messages: dict[str, dict[str, dict[str, Any]]] = {
+                device.user_id: {device.device_id: content}
+            }
+            self._queue.add(api.to_device("m.room.encrypted", messages))
+        self._outbound.forget_device(device.user_id, device.device_id)
+
+    def mark_request_as_failed(self, request_id: str, error: object = None) -> None:
+        """Sending ``request_id`` failed for good; state is rolled back so it can be redone."""
+        request = self._queue.pop(request_id)
+        if request is None:
+            return
+        now = self._clock.now_ms()
+        if request.kind is RequestKind.KEYS_UPLOAD:
+            self._account.upload_failed()
+        elif request.kind is RequestKind.KEYS_QUERY:
+            self._devices.query_failed(request_id, now)
+        elif request.kind is RequestKind.KEYS_CLAIM:
+            self._claimer.failed(request_id)
+        elif request.kind is RequestKind.TO_DEVICE:
+            self._outbound.request_done(request_id, success=False)
+
+    def take_changes(self) -> Changes:
+        """Everything to persist since the last call; save it before acting on results."""
+        return self._log.take()

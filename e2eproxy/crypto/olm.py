@@ -1,0 +1,205 @@
+"""Olm sessions: creating them from claimed keys, encrypting to devices, decrypting to-device."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import vodozemac
+
+from e2eproxy.crypto.account import AccountState
+from e2eproxy.crypto.changes import ChangeLog, DeviceRecord, OlmSessionRecord
+from e2eproxy.crypto.clock import Clock
+from e2eproxy.crypto.devices import DeviceTracker, device_curve25519, device_ed25519
+from e2eproxy.crypto.settings import OLM_ALGORITHM
+from e2eproxy.protocol.canonical import b64decode, b64encode, canonical_json, verify_json
+
+
+@dataclass(frozen=True, slots=True)
+class OlmDecrypted:
+    """A checked Olm payload: who sent it (both keys) and the inner event."""
+
+    sender: str
+    sender_key: str
+    sender_ed25519: str
+    event_type: str
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OlmFailure:
+    """Why a to-device Olm event was dropped; ``wedged`` asks for MSC1719 recovery."""
+
+    reason: str
+    sender_key: str | None = None
+    wedged: bool = False
+
+
+class OlmSessions:
+    """All Olm sessions, grouped by the peer's Curve25519 key."""
+
+    def __init__(self, account: AccountState, devices: DeviceTracker, clock: Clock,
+                 log: ChangeLog) -> None:
+        self._account = account
+        self._devices = devices
+        self._clock = clock
+        self._log = log
+        self._sessions: dict[str, list[OlmSessionRecord]] = {}
+
+    def load(self, records: list[OlmSessionRecord]) -> None:
+        for record in records:
+            self._sessions.setdefault(record.sender_key, []).append(record)
+
+    def has_session(self, curve25519: str) -> bool:
+        return bool(self._sessions.get(curve25519))
+
+    def newest_created_ms(self, curve25519: str) -> int | None:
+        sessions = self._sessions.get(curve25519)
+        return max(s.created_ms for s in sessions) if sessions else None
+
+    def _add(self, sender_key: str, session: vodozemac.Session, received: bool) -> None:
+        now = self._clock.now_ms()
+        record = OlmSessionRecord(
+            sender_key, session.session_id, session, now, now, now if received else 0
+        )
+        self._sessions.setdefault(sender_key, []).append(record)
+        self._log.olm_session(record)
+
+    # -- outbound ------------------------------------------------------------------------
+    def create_outbound(self, device: DeviceRecord, claimed: Any) -> bool:
+        """Create a session from a ``/keys/claim`` answer for ``device``; False if unusable."""
+        if not isinstance(claimed, dict):
+            return False
+        for key_id, key_obj in claimed.items():
+            if not isinstance(key_id, str) or not key_id.startswith("signed_curve25519:"):
+                continue
+            ed25519 = device_ed25519(device)
+            signer_key = f"ed25519:{device.device_id}"
+            if not verify_json(key_obj, device.user_id, signer_key, ed25519):
+                return False
+            try:
+                identity = vodozemac.Curve25519PublicKey.from_base64(device_curve25519(device))
+                otk = vodozemac.Curve25519PublicKey.from_base64(key_obj["key"])
+                session = self._account.account.create_outbound_session(identity, otk)
+            except (ValueError, KeyError, TypeError):
+                return False
+            self._add(device_curve25519(device), session, received=False)
+            return True
+        return False
+
+    def encrypt(self, device: DeviceRecord, event_type: str, content: dict[str, Any]
+                ) -> dict[str, Any] | None:
+        """``m.room.encrypted`` to-device content for ``device``; None without a session."""
+        curve = device_curve25519(device)
+        sessions = self._sessions.get(curve)
+        if not sessions:
+            return None
+        record = max(sessions, key=lambda s: (max(s.created_ms, s.last_received_ms), s.created_ms))
+        payload = {
+            "sender": self._account.user_id,
+            "sender_device": self._account.device_id,
+            "keys": {"ed25519": self._account.ed25519},
+            "recipient": device.user_id,
+            "recipient_keys": {"ed25519": device_ed25519(device)},
+            "type": event_type,
+            "content": content,
+        }
+        message_type, body = record.session.encrypt(canonical_json(payload)).to_parts()
+        record.last_used_ms = self._clock.now_ms()
+        self._log.olm_session(record)
+        return {
+            "algorithm": OLM_ALGORITHM,
+            "sender_key": self._account.curve25519,
+            "ciphertext": {curve: {"type": message_type, "body": b64encode(body)}},
+        }
+
+    # -- inbound -------------------------------------------------------------------------
+    def decrypt(self, event: dict[str, Any]) -> OlmDecrypted | OlmFailure:
+        """Decrypt and check one to-device ``m.room.encrypted`` event; never raises."""
+        content = event.get("content")
+        sender = event.get("sender")
+        if not isinstance(content, dict) or not isinstance(sender, str):
+            return OlmFailure("malformed")
+        if content.get("algorithm") != OLM_ALGORITHM:
+            return OlmFailure("unsupported_algorithm")
+        sender_key = content.get("sender_key")
+        ciphertext = content.get("ciphertext")
+        if not isinstance(sender_key, str) or not isinstance(ciphertext, dict):
+            return OlmFailure("malformed")
+        mine = ciphertext.get(self._account.curve25519)
+        if not isinstance(mine, dict):
+            return OlmFailure("not_for_us", sender_key)
+        message_type, body = mine.get("type"), mine.get("body")
+        if message_type not in (0, 1) or isinstance(message_type, bool) or not isinstance(
+            body, str
+        ):
+            return OlmFailure("malformed", sender_key)
+        try:
+            message = vodozemac.AnyOlmMessage.from_parts(message_type, b64decode(body))
+        except ValueError:
+            return OlmFailure("malformed", sender_key)
+        plaintext = self._decrypt_message(sender_key, message)
+        if isinstance(plaintext, OlmFailure):
+            return plaintext
+        return self._check_payload(sender, sender_key, plaintext)
+
+    def _decrypt_message(
+        self, sender_key: str, message: vodozemac.AnyOlmMessage
+    ) -> bytes | OlmFailure:
+        sessions = sorted(
+            self._sessions.get(sender_key, []), key=lambda s: s.last_received_ms, reverse=True
+        )
+        pre_key = message.to_pre_key()
+        for record in sessions:
+            if pre_key is not None and not record.session.session_matches(pre_key):
+                continue
+            try:
+                plaintext = record.session.decrypt(message)
+            except ValueError:
+                if pre_key is not None:
+                    return OlmFailure("decryption_failed", sender_key, wedged=True)
+                continue
+            record.last_received_ms = self._clock.now_ms()
+            self._log.olm_session(record)
+            return plaintext
+        if pre_key is None:
+            return OlmFailure("no_matching_session", sender_key, wedged=True)
+        try:
+            identity = vodozemac.Curve25519PublicKey.from_base64(sender_key)
+            session, plaintext = self._account.account.create_inbound_session(identity, pre_key)
+        except ValueError:
+            return OlmFailure("session_creation_failed", sender_key, wedged=True)
+        self._add(sender_key, session, received=True)
+        self._log.account(self._account.record)  # the one-time key is gone now
+        return plaintext
+
+    def _check_payload(self, sender: str, sender_key: str, plaintext: bytes
+                       ) -> OlmDecrypted | OlmFailure:
+        try:
+            payload = json.loads(plaintext)
+        except (ValueError, UnicodeDecodeError):
+            return OlmFailure("payload_invalid", sender_key)
+        if not isinstance(payload, dict):
+            return OlmFailure("payload_invalid", sender_key)
+        recipient_keys = payload.get("recipient_keys")
+        keys = payload.get("keys")
+        event_type, content = payload.get("type"), payload.get("content")
+        if payload.get("sender") != sender:
+            return OlmFailure("mismatched_sender", sender_key)
+        if payload.get("recipient") != self._account.user_id:
+            return OlmFailure("wrong_recipient", sender_key)
+        if not isinstance(recipient_keys, dict) or (
+            recipient_keys.get("ed25519") != self._account.ed25519
+        ):
+            return OlmFailure("wrong_recipient_keys", sender_key)
+        if not isinstance(keys, dict) or not isinstance(keys.get("ed25519"), str):
+            return OlmFailure("payload_invalid", sender_key)
+        if not isinstance(event_type, str) or not isinstance(content, dict):
+            return OlmFailure("payload_invalid", sender_key)
+        known = self._devices.by_curve25519(sender_key)
+        if known is not None and (
+            known.user_id != sender or device_ed25519(known) != keys["ed25519"]
+        ):
+            return OlmFailure("mismatched_keys", sender_key)
+        return OlmDecrypted(sender, sender_key, keys["ed25519"], event_type, content)

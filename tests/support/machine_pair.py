@@ -1,0 +1,268 @@
+"""Engines wired together by a fake homeserver ("router"), for unit tests.
+
+``FakeServer`` answers ``/keys/upload``, ``/keys/query``, ``/keys/claim`` (one-time keys consumed,
+fallback keys reused) and ``/sendToDevice`` (delivered in the recipient's next sync body), and keeps
+just enough room state to emit membership and encryption events in sync bodies. ``Client`` drives
+one ``OlmMachine`` against it. No I/O, no sleeps: time is a ``ManualClock``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from e2eproxy.crypto.clock import ManualClock
+from e2eproxy.crypto.machine import OlmMachine
+from e2eproxy.crypto.results import Decrypted, DecryptionFailure, SyncResult
+from e2eproxy.protocol.api import OutgoingRequest, RequestKind
+
+DeviceKey = tuple[str, str]
+ENCRYPTION = {"algorithm": "m.megolm.v1.aes-sha2"}
+
+
+@dataclass
+class Room:
+    room_id: str
+    members: dict[str, str] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeServer:
+    """An in-memory homeserver for the E2EE endpoints."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.device_keys: dict[str, dict[str, dict[str, Any]]] = {}
+        self.otks: dict[DeviceKey, dict[str, Any]] = {}
+        self.fallback: dict[DeviceKey, dict[str, Any]] = {}
+        self.fallback_unused: dict[DeviceKey, bool] = {}
+        self.inbox: dict[DeviceKey, list[dict[str, Any]]] = {}
+        self.changed: dict[DeviceKey, set[str]] = {}
+        self.room_events: dict[DeviceKey, dict[str, list[dict[str, Any]]]] = {}
+        self.rooms: dict[str, Room] = {}
+        self.clients: list[Client] = []
+        self.requests: list[tuple[DeviceKey, OutgoingRequest]] = []
+        self._ids = itertools.count(1)
+        self.claims_served = 0
+
+    # -- requests ------------------------------------------------------------------------
+    def handle(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        self.requests.append((owner, request))
+        handlers = {
+            RequestKind.KEYS_UPLOAD: self._upload,
+            RequestKind.KEYS_QUERY: self._query,
+            RequestKind.KEYS_CLAIM: self._claim,
+            RequestKind.TO_DEVICE: self._to_device,
+        }
+        return handlers[request.kind](owner, request)
+
+    def _upload(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        body = request.body
+        if "device_keys" in body:
+            user, device = owner
+            assert user not in self.device_keys or device not in self.device_keys[user], (
+                "device keys uploaded twice"
+            )
+            self.device_keys.setdefault(user, {})[device] = copy.deepcopy(body["device_keys"])
+            self._notify_changed(user)
+        self.otks.setdefault(owner, {}).update(copy.deepcopy(body.get("one_time_keys", {})))
+        if body.get("fallback_keys"):
+            self.fallback[owner] = copy.deepcopy(body["fallback_keys"])
+            self.fallback_unused[owner] = True
+        return {"one_time_key_counts": {"signed_curve25519": len(self.otks.get(owner, {}))}}
+
+    def _query(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        answer = {
+            user: copy.deepcopy(self.device_keys.get(user, {}))
+            for user in request.body["device_keys"]
+        }
+        return {"device_keys": answer, "failures": {}}
+
+    def _claim(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        result: dict[str, dict[str, Any]] = {}
+        for user, devices in request.body["one_time_keys"].items():
+            for device in devices:
+                key = (user, device)
+                otks = self.otks.get(key, {})
+                if otks:
+                    key_id = next(iter(otks))
+                    result.setdefault(user, {})[device] = {key_id: otks.pop(key_id)}
+                elif self.fallback.get(key):
+                    self.fallback_unused[key] = False
+                    result.setdefault(user, {})[device] = copy.deepcopy(self.fallback[key])
+                self.claims_served += 1
+        return {"one_time_keys": result, "failures": {}}
+
+    def _to_device(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        event_type = unquote(request.path.split("/")[-2])
+        for user, devices in request.body["messages"].items():
+            for device, content in devices.items():
+                targets = self.device_keys.get(user, {}) if device == "*" else [device]
+                for target in targets:
+                    self.inbox.setdefault((user, target), []).append(
+                        {"type": event_type, "sender": owner[0], "content": copy.deepcopy(content)}
+                    )
+        return {}
+
+    def _notify_changed(self, user: str) -> None:
+        for client in self.clients:
+            self.changed.setdefault(client.key, set()).add(user)
+
+    # -- sync ----------------------------------------------------------------------------
+    def sync_body(self, owner: DeviceKey) -> dict[str, Any]:
+        events = self.inbox.pop(owner, [])
+        rooms = self.room_events.pop(owner, {})
+        body: dict[str, Any] = {
+            "next_batch": f"s{next(self._ids)}",
+            "to_device": {"events": events},
+            "device_lists": {"changed": sorted(self.changed.pop(owner, set())), "left": []},
+            "device_one_time_keys_count": {"signed_curve25519": len(self.otks.get(owner, {}))},
+            "device_unused_fallback_key_types": (
+                ["signed_curve25519"] if self.fallback_unused.get(owner) else []
+            ),
+            "rooms": {"join": {r: {"timeline": {"events": evs}} for r, evs in rooms.items()}},
+        }
+        return body
+
+    # -- rooms ---------------------------------------------------------------------------
+    def _state(self, sender: str, event_type: str, state_key: str,
+               content: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": event_type, "state_key": state_key, "sender": sender,
+            "content": content, "event_id": f"$state{next(self._ids)}",
+            "origin_server_ts": self.clock.now_ms(),
+        }
+
+    def _broadcast(self, room: Room, event: dict[str, Any], extra: list[str] | None = None
+                   ) -> None:
+        users = {u for u, m in room.members.items() if m in ("join", "invite")} | set(extra or [])
+        for client in self.clients:
+            if client.user_id in users:
+                self.room_events.setdefault(client.key, {}).setdefault(
+                    room.room_id, []
+                ).append(copy.deepcopy(event))
+
+    def create_room(self, room_id: str, creator: str, members: list[str],
+                    encryption: dict[str, Any] | None = None) -> Room:
+        room = Room(room_id, {u: "join" for u in [creator, *members]})
+        self.rooms[room_id] = room
+        content = dict(ENCRYPTION if encryption is None else encryption)
+        self._broadcast(room, self._state(creator, "m.room.encryption", "", content))
+        for user in room.members:
+            self._broadcast(room, self._state(user, "m.room.member", user, {"membership": "join"}))
+        return room
+
+    def set_membership(self, room_id: str, user: str, membership: str) -> None:
+        room = self.rooms[room_id]
+        room.members[user] = membership
+        event = self._state(user, "m.room.member", user, {"membership": membership})
+        self._broadcast(room, event, extra=[user])
+        if membership == "join":  # the joiner also learns the room's state
+            self._broadcast(room, self._state(user, "m.room.encryption", "", dict(ENCRYPTION)),
+                            extra=[user])
+
+    def post_event(self, room_id: str, sender: str, content: dict[str, Any]) -> dict[str, Any]:
+        event = {
+            "type": "m.room.encrypted", "sender": sender, "content": content,
+            "event_id": f"$ev{next(self._ids)}", "origin_server_ts": self.clock.now_ms(),
+            "room_id": room_id, "unsigned": {},
+        }
+        self.rooms[room_id].timeline.append(event)
+        return event
+
+
+class Client:
+    """One device: an ``OlmMachine`` plus the glue a real I/O shell would be."""
+
+    def __init__(self, server: FakeServer, user_id: str, device_id: str,
+                 machine: OlmMachine | None = None) -> None:
+        self.server = server
+        self.user_id = user_id
+        self.device_id = device_id
+        self.machine = machine or OlmMachine(user_id, device_id, server.clock)
+        server.clients.append(self)
+        self.changes: list[Any] = []
+
+    @property
+    def key(self) -> DeviceKey:
+        return (self.user_id, self.device_id)
+
+    def persist(self) -> None:
+        self.changes.append(self.machine.take_changes())
+
+    def flush(self) -> None:
+        """Send every outgoing request until there are none left."""
+        for _ in range(20):
+            requests = self.machine.outgoing_requests()
+            self.persist()
+            if not requests:
+                return
+            for request in requests:
+                self.answer(request)
+        raise AssertionError("outgoing requests never settle")
+
+    def answer(self, request: OutgoingRequest) -> None:
+        response = self.server.handle(self.key, request)
+        self.machine.mark_request_as_sent(request.id, response)
+        self.persist()
+
+    def sync(self) -> SyncResult:
+        result = self.machine.receive_sync(self.server.sync_body(self.key))
+        self.persist()
+        return result
+
+    def tick(self) -> SyncResult:
+        """Sync, then send whatever the sync made necessary."""
+        result = self.sync()
+        self.flush()
+        return result
+
+    def share(self, room_id: str) -> list[OutgoingRequest]:
+        """Run ``share_room_key`` to completion; returns the to-device requests sent."""
+        members = [u for u, m in self.server.rooms[room_id].members.items()
+                   if m in ("join", "invite")]
+        sent: list[OutgoingRequest] = []
+        for _ in range(10):
+            requests = self.machine.share_room_key(room_id, members)
+            self.persist()
+            for request in requests:
+                self.answer(request)
+            if all(r.kind is RequestKind.TO_DEVICE for r in requests):
+                sent.extend(requests)
+                return sent
+        raise AssertionError("share_room_key never settles")
+
+    def send(self, room_id: str, body: str, **extra: Any) -> dict[str, Any]:
+        self.share(room_id)
+        content = {"msgtype": "m.text", "body": body, **extra}
+        encrypted = self.machine.encrypt(room_id, "m.room.message", content)
+        self.persist()
+        return self.server.post_event(room_id, self.user_id, encrypted)
+
+    def decrypt(self, room_id: str, event: dict[str, Any]) -> Decrypted | DecryptionFailure:
+        result = self.machine.decrypt_room_event(room_id, event)
+        self.persist()
+        return result
+
+    def read(self, room_id: str, event: dict[str, Any]) -> str:
+        """Decrypt and return the body; fails the test with the reason otherwise."""
+        result = self.decrypt(room_id, event)
+        assert isinstance(result, Decrypted), result
+        return str(result.event["content"]["body"])
+
+
+def make_clients(*names: str, clock: ManualClock | None = None) -> tuple[FakeServer, list[Client]]:
+    """A server and one logged-in client per ``user`` or ``user/DEVICE`` name, keys uploaded."""
+    server = FakeServer(clock or ManualClock())
+    clients = []
+    for name in names:
+        user, _, device = name.partition("/")
+        clients.append(Client(server, f"@{user}:test", device or f"{user.upper()}DEV"))
+    for client in clients:
+        client.flush()
+    for client in clients:
+        client.tick()
+    return server, clients
