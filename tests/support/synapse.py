@@ -237,9 +237,23 @@ class SynapseServer:
                 f"matrix-synapse is not installed for {sys.executable}; "
                 "install the test extra: pip install -e '.[test]'"
             )
-        self.write_config()
-        env = dict(os.environ)
-        env.pop("SYNAPSE_TEST_PERSIST_SQLITE_DB", None)
+        # The port comes from binding port 0 and releasing it; if something grabs it before
+        # Synapse binds, start again on a new one.
+        for attempt in range(3):
+            self.write_config()
+            self._spawn()
+            try:
+                self._wait_ready(timeout)
+                return
+            except SynapseError as exc:
+                self.stop()
+                if attempt == 2 or "Address already in use" not in str(exc):
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _spawn(self) -> None:
         with self.stdout_path.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
@@ -247,14 +261,8 @@ class SynapseServer:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
