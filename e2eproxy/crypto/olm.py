@@ -95,7 +95,11 @@ class OlmSessions:
         sessions = self._sessions.get(curve)
         if not sessions:
             return None
-        record = max(sessions, key=lambda s: (max(s.created_ms, s.last_received_ms), s.created_ms))
+        # MSC1719: the session that most recently received (or was created); newest on ties
+        _, record = max(
+            enumerate(sessions),
+            key=lambda item: (max(item[1].created_ms, item[1].last_received_ms), item[0]),
+        )
         payload = {
             "sender": self._account.user_id,
             "sender_device": self._account.device_id,

@@ -1,0 +1,202 @@
+"""Olm to-device handling: de-duplication, payload checks, unwedging, fallback keys."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import vodozemac
+
+from e2eproxy.protocol.api import RequestKind
+from e2eproxy.protocol.canonical import b64encode, canonical_json
+from tests.support.machine_pair import Client, FakeServer, make_clients
+
+ROOM = "!room:test"
+
+
+def _setup(*names: str) -> tuple[FakeServer, list[Client]]:
+    server, clients = make_clients(*names)
+    server.create_room(ROOM, clients[0].user_id, [c.user_id for c in clients[1:]])
+    for client in clients:
+        client.tick()
+    return server, clients
+
+
+def _forge(server: FakeServer, target: Client, sender: str, payload: dict[str, Any],
+           attacker: vodozemac.Account | None = None) -> dict[str, Any]:
+    """An Olm to-device event from a raw vodozemac account, built by hand."""
+    attacker = attacker or vodozemac.Account()
+    otks = server.otks[target.key]
+    key_id = next(iter(otks))
+    otk = vodozemac.Curve25519PublicKey.from_base64(otks.pop(key_id)["key"])
+    identity = vodozemac.Curve25519PublicKey.from_base64(
+        target.machine.identity_keys["curve25519"]
+    )
+    session = attacker.create_outbound_session(identity, otk)
+    message_type, body = session.encrypt(canonical_json(payload)).to_parts()
+    return {
+        "type": "m.room.encrypted", "sender": sender,
+        "content": {
+            "algorithm": "m.olm.v1.curve25519-aes-sha2",
+            "sender_key": attacker.curve25519_key.to_base64(),
+            "ciphertext": {target.machine.identity_keys["curve25519"]: {
+                "type": message_type, "body": b64encode(body)}},
+        },
+    }
+
+
+def _room_key_payload(target: Client, sender: str, ed25519: str, room: str = ROOM
+                      ) -> dict[str, Any]:
+    group = vodozemac.GroupSession()
+    return {
+        "sender": sender, "recipient": target.user_id,
+        "recipient_keys": {"ed25519": target.machine.identity_keys["ed25519"]},
+        "keys": {"ed25519": ed25519}, "type": "m.room_key",
+        "content": {"algorithm": "m.megolm.v1.aes-sha2", "room_id": room,
+                    "session_id": group.session_id,
+                    "session_key": group.session_key.to_base64()},
+    }
+
+
+def test_duplicate_to_device_event_is_ignored() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    alice.share(ROOM)
+    body = server.sync_body(bob.key)
+    first = bob.machine.receive_sync(body)
+    assert len(first.room_keys) == 1
+    again = copy.deepcopy(body)
+    again["next_batch"] = "other-token"  # the other sync stream saw the same event
+    second = bob.machine.receive_sync(again)
+    assert second.room_keys == [] and second.failures == []
+    assert bob.machine.receive_sync(body).room_keys == []  # same body: idempotent
+
+
+def test_forged_payloads_are_rejected_without_state_change() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    attacker = vodozemac.Account()
+    ed = attacker.ed25519_key.to_base64()
+    cases = {
+        "wrong_recipient": {"recipient": "@carol:test"},
+        "wrong_recipient_keys": {"recipient_keys": {"ed25519": ed}},
+        "mismatched_sender": {"sender": "@mallory:test"},
+    }
+    for reason, override in cases.items():
+        payload = {**_room_key_payload(bob, alice.user_id, ed), **override}
+        event = _forge(server, bob, alice.user_id, payload, attacker)
+        result = bob.machine.receive_sync({"to_device": {"events": [event]}})
+        assert [f.reason for f in result.failures] == [reason]
+        assert result.room_keys == []
+
+
+def test_olm_claiming_a_known_device_with_other_keys_is_rejected() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    # the attacker claims to be alice but encrypts with its own Curve25519 key, and names
+    # alice's Ed25519 key: the sender key is unknown, so the room key is bound to the
+    # attacker's curve key and does not verify as alice.
+    payload = _room_key_payload(bob, alice.user_id, alice.machine.identity_keys["ed25519"])
+    event = _forge(server, bob, alice.user_id, payload)
+    result = bob.machine.receive_sync({"to_device": {"events": [event]}})
+    assert len(result.room_keys) == 1
+    # and a message claiming alice's curve key cannot be decrypted at all
+    event["content"]["sender_key"] = alice.machine.identity_keys["curve25519"]
+    event["content"]["ciphertext"] = {bob.machine.identity_keys["curve25519"]: {
+        "type": 0, "body": "AAAA"}}
+    result = bob.machine.receive_sync({"to_device": {"events": [event]}})
+    assert result.room_keys == [] and result.failures
+
+
+def test_plaintext_room_key_and_foreign_olm_are_rejected() -> None:
+    _server, (alice, bob, carol) = _setup("alice", "bob", "carol")
+    alice.share(ROOM)
+    for_carol = _server.inbox[carol.key][0]
+    plain = {"type": "m.room_key", "sender": alice.user_id, "content": {
+        "algorithm": "m.megolm.v1.aes-sha2", "room_id": ROOM, "session_id": "x",
+        "session_key": "y"}}
+    result = bob.machine.receive_sync({"to_device": {"events": [plain, for_carol]}})
+    assert [f.reason for f in result.failures] == ["plaintext_room_key", "not_for_us"]
+    assert result.room_keys == []
+
+
+def test_olm_session_is_reused_after_first_message() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    alice.share(ROOM)
+    claims = [r for _, r in server.requests if r.kind is RequestKind.KEYS_CLAIM]
+    bob.tick()
+    alice.machine.discard_room_key(ROOM)
+    alice.share(ROOM)
+    assert [r for _, r in server.requests if r.kind is RequestKind.KEYS_CLAIM] == claims
+    assert len(bob.tick().room_keys) == 1
+
+
+def test_wedged_session_is_recovered_once_per_hour() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    alice.send(ROOM, "first")
+    bob.tick()
+    bob.machine._olm._sessions.clear()  # bob loses his Olm state with alice
+    alice.machine.discard_room_key(ROOM)
+    server.clock.advance(1000)
+    event = alice.send(ROOM, "second")
+    result = bob.tick()  # undecryptable -> claim alice's key -> m.dummy
+    assert result.failures and result.room_keys == []
+    dummy_sent = [r for o, r in server.requests if o == bob.key and r.kind is RequestKind.TO_DEVICE]
+    assert len(dummy_sent) == 1
+    server.clock.advance(1000)
+    alice.tick()  # alice gets the dummy over the new session
+    server.clock.advance(1000)
+    alice.machine.discard_room_key(ROOM)
+    third = alice.send(ROOM, "third")
+    bob.tick()
+    assert bob.read(ROOM, third) == "third"
+    assert bob.decrypt(ROOM, event).__class__.__name__ == "DecryptionFailure"
+    # a second wedge within the hour does not trigger another recovery
+    bob.machine._olm._sessions.clear()
+    alice.machine.discard_room_key(ROOM)
+    alice.send(ROOM, "fourth")
+    bob.tick()
+    assert len([r for o, r in server.requests
+                if o == bob.key and r.kind is RequestKind.KEYS_CLAIM]) == 1
+
+
+def test_otk_exhaustion_uses_fallback_then_replaces_it() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    old_fallback = dict(server.fallback[bob.key])
+    server.otks[bob.key].clear()  # someone claimed every one-time key
+    event = alice.send(ROOM, "via fallback")
+    assert server.fallback_unused[bob.key] is False
+    bob.tick()
+    assert bob.read(ROOM, event) == "via fallback"
+    assert server.fallback[bob.key] != old_fallback
+    assert server.fallback_unused[bob.key] is True
+    assert len(server.otks[bob.key]) == 25  # topped up to max/2
+
+
+def test_keys_published_only_after_successful_upload() -> None:
+    server = FakeServer(__import__("e2eproxy.crypto.clock", fromlist=["x"]).ManualClock())
+    client = Client(server, "@dave:test", "DAVEDEV")
+    first = [r for r in client.machine.outgoing_requests() if r.kind is RequestKind.KEYS_UPLOAD]
+    assert len(first) == 1 and "device_keys" in first[0].body
+    assert len(first[0].body["one_time_keys"]) == 25
+    assert len(first[0].body["fallback_keys"]) == 1
+    assert client.machine.outgoing_requests() == []  # not handed out twice while in flight
+    client.machine.mark_request_as_failed(first[0].id, "boom")
+    retry = [r for r in client.machine.outgoing_requests() if r.kind is RequestKind.KEYS_UPLOAD]
+    assert retry[0].body["one_time_keys"] == first[0].body["one_time_keys"]
+    assert retry[0].body["device_keys"] == first[0].body["device_keys"]
+    client.answer(retry[0])
+    later = [r for r in client.machine.outgoing_requests() if r.kind is RequestKind.KEYS_UPLOAD]
+    assert later == []
+    # signed device keys verify and carry no unsigned data
+    keys = client.machine.device_keys()
+    from e2eproxy.protocol.canonical import verify_json
+
+    assert verify_json(keys, "@dave:test", "ed25519:DAVEDEV", keys["keys"]["ed25519:DAVEDEV"])
+    assert json.loads(json.dumps(keys)) == keys
+
+
+def test_fallback_key_rotated_weekly() -> None:
+    server, (alice,) = make_clients("alice")
+    before = dict(server.fallback[alice.key])
+    server.clock.advance(7 * 24 * 3600 * 1000)
+    alice.tick()
+    assert server.fallback[alice.key] != before
