@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
+from e2eproxy.crypto.changes import EngineSnapshot
 from e2eproxy.crypto.clock import ManualClock
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, SyncResult
@@ -185,13 +186,25 @@ class Client:
         self.machine = machine or OlmMachine(user_id, device_id, server.clock)
         server.clients.append(self)
         self.changes: list[Any] = []
+        self.store = FoldingStore()
 
     @property
     def key(self) -> DeviceKey:
         return (self.user_id, self.device_id)
 
     def persist(self) -> None:
-        self.changes.append(self.machine.take_changes())
+        changes = self.machine.take_changes()
+        self.changes.append(changes)
+        self.store.save(changes)
+
+    def restart(self, *, with_inbound: bool = True, cache_size: int = 10_000) -> None:
+        """Simulate a crash and restart: rebuild the engine from what the store holds."""
+        self.persist()
+        self.machine = OlmMachine.restore(
+            self.user_id, self.device_id, self.server.clock,
+            self.store.snapshot(with_inbound=with_inbound),
+            inbound_cache_size=cache_size, inbound_complete=with_inbound,
+        )
 
     def flush(self) -> None:
         """Send every outgoing request until there are none left."""
@@ -266,3 +279,97 @@ def make_clients(*names: str, clock: ManualClock | None = None) -> tuple[FakeSer
     for client in clients:
         client.tick()
     return server, clients
+
+
+PICKLE_KEY = b"\x07" * 32
+
+
+def _copy_vz(obj: Any) -> Any:
+    """An independent copy of a vodozemac object, through its own pickle format."""
+    return type(obj).from_pickle(obj.pickle(PICKLE_KEY), PICKLE_KEY)
+
+
+class FoldingStore:
+    """A minimal in-memory store: applies ``Changes`` like a real store would (copies, upserts,
+    the better-copy rule for inbound sessions) and builds an ``EngineSnapshot`` back."""
+
+    def __init__(self) -> None:
+        self.account: Any = None
+        self.tables: dict[str, dict[Any, Any]] = {
+            name: {} for name in ("olm", "igs", "ogs", "dev", "user", "room", "replay",
+                                  "withheld", "req")
+        }
+        self.hashes: list[str] = []
+
+    def save(self, changes: Any) -> None:
+        t = self.tables
+        if changes.account is not None:
+            self.account = replace(changes.account, account=_copy_vz(changes.account.account))
+        for r in changes.olm_sessions:
+            t["olm"][r.session_id] = replace(r, session=_copy_vz(r.session))
+        for r in changes.inbound_group_sessions:
+            old = t["igs"].get((r.room_id, r.session_id))
+            if old is None or r.first_known_index < old.first_known_index:
+                t["igs"][(r.room_id, r.session_id)] = replace(r, session=_copy_vz(r.session))
+        for r in changes.outbound_group_sessions:
+            t["ogs"][r.room_id] = replace(
+                r, session=_copy_vz(r.session), shared_with=copy.deepcopy(r.shared_with),
+                pending_requests=set(r.pending_requests),
+            )
+        for room_id in changes.outbound_group_sessions_removed:
+            t["ogs"].pop(room_id, None)
+        for r in changes.devices:
+            t["dev"][(r.user_id, r.device_id)] = replace(r, keys=copy.deepcopy(r.keys))
+        for r in changes.tracked_users:
+            if r.tracked:
+                t["user"][r.user_id] = replace(r)
+            else:
+                t["user"].pop(r.user_id, None)
+        for r in changes.rooms:
+            t["room"][r.room_id] = replace(r, members=dict(r.members),
+                                           encryption=copy.deepcopy(r.encryption))
+        for r in changes.replay_entries:
+            t["replay"][(r.session_id, r.message_index)] = r
+        for r in changes.withheld:
+            t["withheld"][(r.room_id, r.session_id)] = r
+        for req in changes.requests_added:
+            t["req"][req.id] = req
+        for req_id in changes.requests_removed:
+            t["req"].pop(req_id, None)
+        self.hashes.extend(changes.to_device_hashes)
+
+    def inbound(self, keys: list[Any]) -> tuple[list[Any], list[Any]]:
+        records = [_copy_record(self.tables["igs"][k]) for k in keys if k in self.tables["igs"]]
+        wanted = {k[1] for k in keys}
+        replay = [r for r in self.tables["replay"].values() if r.session_id in wanted]
+        return records, replay
+
+    def snapshot(self, *, with_inbound: bool = True) -> EngineSnapshot:
+        t = self.tables
+        copied = _copy_all(t)
+        return EngineSnapshot(
+            account=replace(self.account, account=_copy_vz(self.account.account)),
+            olm_sessions=copied["olm"], outbound_group_sessions=copied["ogs"],
+            devices=[replace(d, keys=copy.deepcopy(d.keys)) for d in t["dev"].values()],
+            tracked_users=[replace(u) for u in t["user"].values()],
+            rooms=[replace(r, members=dict(r.members)) for r in t["room"].values()],
+            withheld=list(t["withheld"].values()), pending_requests=list(t["req"].values()),
+            to_device_hashes=list(self.hashes),
+            inbound_group_sessions=copied["igs"] if with_inbound else [],
+            replay_entries=list(t["replay"].values()) if with_inbound else [],
+        )
+
+
+def _copy_record(record: Any) -> Any:
+    return replace(record, session=_copy_vz(record.session))
+
+
+def _copy_all(tables: dict[str, dict[Any, Any]]) -> dict[str, list[Any]]:
+    result = {name: [_copy_record(r) for r in tables[name].values()]
+              for name in ("olm", "igs")}
+    result["ogs"] = [
+        replace(r, session=_copy_vz(r.session), shared_with=copy.deepcopy(r.shared_with),
+                pending_requests=set(r.pending_requests))
+        for r in tables["ogs"].values()
+    ]
+    return result
