@@ -67,7 +67,7 @@ def test_pending_to_device_requests_survive_a_crash() -> None:
 
 
 def test_inbound_sessions_loaded_on_demand_with_lru_cache() -> None:
-    server, alice, bob = _setup()
+    _server, alice, bob = _setup()
     events = []
     for i in range(3):
         alice.machine.discard_room_key(ROOM)
@@ -89,7 +89,7 @@ def test_inbound_sessions_loaded_on_demand_with_lru_cache() -> None:
 
 
 def test_provisional_key_does_not_replace_better_stored_copy() -> None:
-    server, alice, bob = _setup()
+    _server, alice, bob = _setup()
     event = alice.send(ROOM, "index zero")
     bob.tick()
     bob.restart(with_inbound=False)
