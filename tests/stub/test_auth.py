@@ -103,3 +103,18 @@ async def test_bad_json_is_not_json(anon: Api) -> None:
     status, body = await anon.call("POST", "/login", data=b"{not json",
                                    headers={"Content-Type": "application/json"})
     assert (status, body["errcode"]) == (400, "M_NOT_JSON")
+
+
+async def test_options_preflight_is_204(anon: Api) -> None:
+    status, _ = await anon.call("OPTIONS", "/_matrix/client/v3/sync")
+    assert status == 204
+
+
+async def test_python_helpers_match_http(stub: StubHomeserver, anon: Api) -> None:
+    user_id = stub.register("erin", "pw")
+    session = stub.login("erin", "pw", device_id="PYDEV")
+    anon.token = session.access_token
+    assert await anon.ok("GET", "/account/whoami") == {
+        "user_id": user_id, "device_id": "PYDEV", "is_guest": False}
+    room_id = stub.create_room(user_id, name="made in python")
+    assert stub.raw_events(room_id)[-1]["content"] == {"name": "made in python"}

@@ -59,6 +59,8 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "OPTIONS":  # CORS preflight: like Synapse, an empty 204 anywhere
+        return web.Response(status=204)
     try:
         return await handler(request)
     except MatrixError as exc:
