@@ -147,9 +147,15 @@ class RoomDecryptor:
 
     def _build(self, event: dict[str, Any], record: InboundGroupSessionRecord,
                payload: dict[str, Any], index: int) -> Decrypted:
-        clear = {k: copy.deepcopy(v) for k, v in event.items() if k not in ("type", "content")}
+        # shallow copy of the outer event; ``unsigned`` is copied deeply only when it holds
+        # bundled relations (which get rewritten); the content comes fresh from json.loads
+        clear = {k: v for k, v in event.items() if k not in ("type", "content")}
+        unsigned = clear.get("unsigned")
+        if isinstance(unsigned, dict):
+            has_relations = "m.relations" in unsigned
+            clear["unsigned"] = copy.deepcopy(unsigned) if has_relations else dict(unsigned)
         clear["type"] = payload["type"]
-        content = copy.deepcopy(payload["content"])
+        content = payload["content"]
         outer_relation = event["content"].get("m.relates_to")
         if "m.relates_to" not in content and isinstance(outer_relation, dict):
             content["m.relates_to"] = copy.deepcopy(outer_relation)
