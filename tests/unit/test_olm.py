@@ -200,3 +200,32 @@ def test_fallback_key_rotated_weekly() -> None:
     server.clock.advance(7 * 24 * 3600 * 1000)
     alice.tick()
     assert server.fallback[alice.key] != before
+
+
+def test_one_time_key_kept_when_pre_key_message_fails() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    alice.share(ROOM)
+    genuine = server.inbox.pop(bob.key)[0]
+    broken = copy.deepcopy(genuine)
+    entry = next(iter(broken["content"]["ciphertext"].values()))
+    assert entry["type"] == 0
+    body = entry["body"]
+    entry["body"] = body[:-20] + ("A" if body[-20] != "A" else "B") + body[-19:]  # bad MAC
+    result = bob.machine.receive_sync({"to_device": {"events": [broken]}})
+    assert result.room_keys == [] and result.failures
+    result = bob.machine.receive_sync({"to_device": {"events": [genuine]}})
+    assert len(result.room_keys) == 1  # the one-time key was still there
+
+
+def test_device_without_keys_gets_no_olm_once() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    server.otks[bob.key].clear()
+    server.fallback[bob.key] = {}
+    requests = alice.share(ROOM)
+    withheld = [r for r in requests if "m.room_key.withheld" in r.path]
+    assert len(withheld) == 1
+    content = withheld[0].body["messages"][bob.user_id][bob.device_id]
+    assert content["code"] == "m.no_olm" and "session_id" not in content
+    alice.machine.discard_room_key(ROOM)
+    again = alice.share(ROOM)  # the claim failure is backed off; no second notice
+    assert [r for r in again if "withheld" in r.path] == []
