@@ -265,3 +265,38 @@ def test_key_share_batches_to_device_requests() -> None:
     assert requests[0].path == (
         f"/_matrix/client/v3/sendToDevice/m.room.encrypted/{requests[0].id}"
     )
+
+
+def test_thread_latest_event_decrypted_too() -> None:
+    _server, (alice, bob) = _room(("alice", "bob"))
+    root = alice.send(ROOM, "root")
+    reply = alice.send(ROOM, "in thread", **{"m.relates_to": {
+        "rel_type": "m.thread", "event_id": root["event_id"]}})
+    bob.tick()
+    bundled = dict(root, unsigned={"m.relations": {"m.thread": {
+        "latest_event": reply, "count": 1, "current_user_participated": False}}})
+    result = bob.decrypt(ROOM, bundled)
+    assert isinstance(result, Decrypted)
+    thread = result.event["unsigned"]["m.relations"]["m.thread"]
+    assert thread["latest_event"]["content"]["body"] == "in thread"
+    assert thread["count"] == 1
+    assert bundled["unsigned"]["m.relations"]["m.thread"]["latest_event"] is reply  # untouched
+
+
+def test_room_state_from_invite_and_leave_sections() -> None:
+    _server, (alice,) = make_clients("alice")
+    encryption = {"type": "m.room.encryption", "state_key": "",
+                  "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+    member = {"type": "m.room.member", "state_key": "@zed:test",
+              "content": {"membership": "join"}}
+    alice.machine.receive_sync({"rooms": {
+        "invite": {"!inv:test": {"invite_state": {"events": [encryption, member]}}},
+        "leave": {"!left:test": {"timeline": {"events": [encryption]}}},
+    }})
+    assert alice.machine.is_room_encrypted("!inv:test")
+    assert alice.machine.is_room_encrypted("!left:test")
+    assert alice.machine.room_members("!inv:test") == ["@zed:test"]
+    queries = [r for r in alice.machine.outgoing_requests() if r.kind is RequestKind.KEYS_QUERY]
+    assert any("@zed:test" in r.body["device_keys"] for r in queries)
+    settings = alice.machine.room_encryption_settings("!inv:test")
+    assert settings is not None and settings.rotation_period_msgs == 100

@@ -229,3 +229,15 @@ def test_device_without_keys_gets_no_olm_once() -> None:
     alice.machine.discard_room_key(ROOM)
     again = alice.share(ROOM)  # the claim failure is backed off; no second notice
     assert [r for r in again if "withheld" in r.path] == []
+
+
+def test_claimed_key_with_forged_signature_is_not_used() -> None:
+    server, (alice, bob) = _setup("alice", "bob")
+    forged_key = vodozemac.Account().curve25519_key.to_base64()
+    for otk in server.otks[bob.key].values():
+        otk["key"] = forged_key  # signatures no longer match
+    server.fallback[bob.key] = {}
+    requests = alice.share(ROOM)
+    assert [r for r in requests if "m.room.encrypted" in r.path] == []
+    (withheld,) = [r for r in requests if "withheld" in r.path]
+    assert withheld.body["messages"][bob.user_id][bob.device_id]["code"] == "m.no_olm"
