@@ -178,7 +178,8 @@ class Changes:
     ``to_device_hashes``: sha256 hex digests of to-device ciphertexts already processed (the store
     may prune old ones; a week is plenty). ``requests_added``/``requests_removed``: the durable
     queue of outgoing requests, so a crash between a step and its send does not lose them.
-    ``outbound_group_sessions_removed``: rooms whose outbound session was discarded.
+    ``outbound_group_sessions_removed``: rooms whose outbound session was discarded (a room is
+    never both removed and upserted in one batch).
     """
 
     account: AccountRecord | None = None
@@ -239,46 +240,45 @@ class EngineSnapshot:
 class ChangeLog:
     """Collects records during engine steps; ``take()`` hands them out once.
 
-    Keyed records are de-duplicated so a batch holds the newest version of each once.
+    Keyed records are de-duplicated so a batch holds the newest version of each once, and an
+    outbound session is either upserted or removed in a batch, never both.
     """
 
     def __init__(self) -> None:
         self._changes = Changes()
-        self._keys: dict[tuple[str, object], int] = {}
+        self._keyed: dict[str, dict[object, Any]] = {}
 
-    def _upsert(self, kind: str, key: object, items: list[Any], record: Any) -> None:
-        index = self._keys.get((kind, key))
-        if index is None:
-            self._keys[(kind, key)] = len(items)
-            items.append(record)
-        else:
-            items[index] = record
+    def _put(self, kind: str, key: object, record: Any) -> None:
+        self._keyed.setdefault(kind, {})[key] = record
 
     def account(self, record: AccountRecord) -> None:
         self._changes.account = record
 
     def olm_session(self, record: OlmSessionRecord) -> None:
-        self._upsert("olm", record.session_id, self._changes.olm_sessions, record)
+        self._put("olm_sessions", record.session_id, record)
 
     def inbound(self, record: InboundGroupSessionRecord) -> None:
-        key = (record.room_id, record.session_id)
-        self._upsert("igs", key, self._changes.inbound_group_sessions, record)
+        self._put("inbound_group_sessions", (record.room_id, record.session_id), record)
 
     def outbound(self, record: OutboundGroupSessionRecord) -> None:
-        self._upsert("ogs", record.room_id, self._changes.outbound_group_sessions, record)
+        removed = self._changes.outbound_group_sessions_removed
+        if record.room_id in removed:
+            removed.remove(record.room_id)
+        self._put("outbound_group_sessions", record.room_id, record)
 
     def outbound_removed(self, room_id: RoomId) -> None:
-        self._changes.outbound_group_sessions_removed.append(room_id)
+        self._keyed.get("outbound_group_sessions", {}).pop(room_id, None)
+        if room_id not in self._changes.outbound_group_sessions_removed:
+            self._changes.outbound_group_sessions_removed.append(room_id)
 
     def device(self, record: DeviceRecord) -> None:
-        key = (record.user_id, record.device_id)
-        self._upsert("dev", key, self._changes.devices, record)
+        self._put("devices", (record.user_id, record.device_id), record)
 
     def tracked_user(self, record: TrackedUserRecord) -> None:
-        self._upsert("user", record.user_id, self._changes.tracked_users, record)
+        self._put("tracked_users", record.user_id, record)
 
     def room(self, record: RoomRecord) -> None:
-        self._upsert("room", record.room_id, self._changes.rooms, record)
+        self._put("rooms", record.room_id, record)
 
     def replay(self, record: ReplayRecord) -> None:
         self._changes.replay_entries.append(record)
@@ -287,7 +287,7 @@ class ChangeLog:
         self._changes.to_device_hashes.append(digest)
 
     def withheld(self, record: WithheldRecord) -> None:
-        self._upsert("wh", (record.room_id, record.session_id), self._changes.withheld, record)
+        self._put("withheld", (record.room_id, record.session_id), record)
 
     def request_added(self, request: OutgoingRequest) -> None:
         self._changes.requests_added.append(request)
@@ -296,5 +296,8 @@ class ChangeLog:
         self._changes.requests_removed.append(request_id)
 
     def take(self) -> Changes:
-        changes, self._changes, self._keys = self._changes, Changes(), {}
+        changes, self._changes = self._changes, Changes()
+        for kind, records in self._keyed.items():
+            setattr(changes, kind, list(records.values()))
+        self._keyed = {}
         return changes

@@ -107,3 +107,17 @@ def test_provisional_key_does_not_replace_better_stored_copy() -> None:
     assert bob.machine.sessions_needed(ROOM, [event]) == [(ROOM, session_id)]
     bob.machine.load_inbound_group_sessions(stored)
     assert isinstance(bob.decrypt(ROOM, event), Decrypted)
+
+
+def test_discard_and_new_session_in_one_batch_survives_restart() -> None:
+    _server, alice, bob = _setup()
+    alice.send(ROOM, "first")
+    alice.machine.discard_room_key(ROOM)
+    second = alice.send(ROOM, "second")  # removal and new session land in one batch
+    batch = alice.changes[-1] if alice.changes[-1].outbound_group_sessions else None
+    alice.restart()
+    third = alice.send(ROOM, "third")
+    assert third["content"]["session_id"] == second["content"]["session_id"]
+    bob.tick()
+    assert bob.read(ROOM, third) == "third"
+    assert batch is None or ROOM not in batch.outbound_group_sessions_removed
