@@ -154,6 +154,8 @@ class KeyFileSource:
     kind: str = "keyfile"
 
     def create(self, store_id: str) -> tuple[bytes, dict[str, Any]]:
+        if self.path.exists():  # left by a store whose creation did not finish: reuse it
+            return self.recover(store_id, {}), {"file": self.path.name}
         kek = os.urandom(KEY_SIZE)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,0 +1,126 @@
+"""Cross-process lease per account: a row (holder, expiry ms, generation) in the store.
+
+Taking a lease is one transaction: free, expired or already ours -> ours until now + ``LEASE_MS``.
+The generation goes up whenever the lease passes to a *different* holder, so a holder that gets
+an account back after someone else had it sees a new number and rebuilds its engine.
+Releasing keeps the holder and sets the expiry to 0: the same holder re-taking it does not reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from e2eproxy.crypto.clock import Clock
+from e2eproxy.errors import StoreLocked
+from e2eproxy.store.base import LEASE_MS, AccountKey, Lease
+from e2eproxy.store.txn import LeaseRow, Txn
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """A backend's ``run``: one transaction on its writer."""
+
+    def __call__(self, fn: Callable[[Txn], T]) -> Awaitable[T]: ...
+
+
+FIRST_BACKOFF_MS = 50
+MAX_BACKOFF_MS = 1_000
+
+
+def take(txn: Txn, account: AccountKey, holder: str, now_ms: int, lease_ms: int) -> LeaseRow:
+    """Take or extend the lease if possible; returns the row as it now stands (maybe another's)."""
+    row = txn.lease_get(account)
+    if row is None:
+        new = LeaseRow(holder, now_ms + lease_ms, 1)
+    elif row.holder == holder:
+        new = LeaseRow(holder, now_ms + lease_ms, row.generation)
+    elif row.expires_ms <= now_ms:
+        new = LeaseRow(holder, now_ms + lease_ms, row.generation + 1)
+    else:
+        return row
+    txn.lease_put(account, new)
+    return new
+
+
+def give_back(txn: Txn, account: AccountKey, holder: str) -> None:
+    row = txn.lease_get(account)
+    if row is not None and row.holder == holder:
+        txn.lease_put(account, LeaseRow(holder, 0, row.generation))
+
+
+class LeaseKeeper:
+    """The leases one store instance holds, and the generation it last saw for each account."""
+
+    def __init__(
+        self,
+        run: Runner,
+        clock: Clock,
+        holder: str,
+        sleep: Callable[[float], Awaitable[None]],
+        lease_ms: int = LEASE_MS,
+    ) -> None:
+        self._run = run
+        self._clock = clock
+        self.holder = holder
+        self._sleep = sleep
+        self._lease_ms = lease_ms
+        self._held: dict[AccountKey, LeaseRow] = {}
+        self._seen: dict[AccountKey, int] = {}
+
+    def fence(self, account: AccountKey) -> LeaseRow | None:
+        """The lease a save for ``account`` must still match, if this instance holds one."""
+        return self._held.get(account)
+
+    def forget(self, account: AccountKey) -> None:
+        self._held.pop(account, None)
+        self._seen.pop(account, None)
+
+    async def _try(self, account: AccountKey) -> LeaseRow:
+        now = self._clock.now_ms()
+        return await self._run(lambda txn: take(txn, account, self.holder, now, self._lease_ms))
+
+    def _granted(self, account: AccountKey, row: LeaseRow) -> Lease:
+        previous = self._seen.get(account)
+        self._held[account] = row
+        self._seen[account] = row.generation
+        reload = previous is not None and previous != row.generation
+        return Lease(row.holder, row.generation, row.expires_ms, reload)
+
+    async def acquire(self, account: AccountKey, wait_ms: int) -> Lease:
+        deadline = self._clock.now_ms() + wait_ms
+        backoff = FIRST_BACKOFF_MS
+        while True:
+            row = await self._try(account)
+            if row.holder == self.holder:
+                return self._granted(account, row)
+            remaining = deadline - self._clock.now_ms()
+            if remaining <= 0:
+                left_s = max(0, row.expires_ms - self._clock.now_ms()) / 1000
+                raise StoreLocked(
+                    f"{account.user_id}/{account.device_id} is in use by another e2eproxy "
+                    f"process ({row.holder}); its lease expires in {left_s:.1f} s unless renewed"
+                )
+            await self._sleep(min(backoff, remaining) / 1000)
+            backoff = min(backoff * 2, MAX_BACKOFF_MS)
+
+    async def renew(self, account: AccountKey) -> Lease:
+        held = self._held.get(account)
+        if held is None:
+            raise StoreLocked(f"no lease held on {account.user_id}/{account.device_id}")
+        row = await self._try(account)
+        if row.holder != self.holder:
+            self._held.pop(account, None)
+            raise StoreLocked(
+                f"lost the lease on {account.user_id}/{account.device_id} to {row.holder}"
+            )
+        return self._granted(account, row)
+
+    async def release(self, account: AccountKey) -> None:
+        if self._held.pop(account, None) is not None:
+            await self._run(lambda txn: give_back(txn, account, self.holder))
+
+    async def release_all(self) -> None:
+        for account in list(self._held):
+            await self.release(account)

@@ -1,0 +1,145 @@
+"""Fixtures for the store tests: one factory per backend, and record builders."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import vodozemac
+
+from e2eproxy.crypto.changes import (
+    AccountRecord,
+    Changes,
+    DeviceRecord,
+    InboundGroupSessionRecord,
+    OlmSessionRecord,
+    OutboundGroupSessionRecord,
+    ReplayRecord,
+    RoomRecord,
+    TrackedUserRecord,
+    WithheldRecord,
+)
+from e2eproxy.crypto.clock import ManualClock
+from e2eproxy.crypto.settings import EncryptionSettings, LocalTrust
+from e2eproxy.protocol import api
+from e2eproxy.store.base import AccountKey
+from e2eproxy.store.memory import MemoryBackend
+from e2eproxy.store.records import RecordStore
+from e2eproxy.store.sqlite import SqliteStore
+from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
+
+ALICE = AccountKey(UserId("@alice:example.org"), DeviceId("ALICEDEV"))
+BOB = AccountKey(UserId("@bob:example.org"), DeviceId("BOBDEV"))
+ROOM = RoomId("!room:example.org")
+StoreFactory = Callable[..., RecordStore]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[StoreFactory]:
+    """A factory of opened store instances that share one storage (for lease tests)."""
+    opened: list[RecordStore] = []
+    memory = MemoryBackend()
+
+    async def sleep(seconds: float) -> None:  # waiting moves the fake clock, nothing more
+        clock.advance(max(1, int(seconds * 1000)))
+
+    async def make(**kwargs: object) -> RecordStore:
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", sleep)
+        if request.param == "memory":
+            store = RecordStore(memory, **kwargs)  # type: ignore[arg-type]
+        else:
+            store = SqliteStore(tmp_path, use_keyring=False, **kwargs)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make  # type: ignore[misc]
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> RecordStore:
+    return await make_store()  # type: ignore[no-any-return,misc]
+
+
+def account_record() -> AccountRecord:
+    account = vodozemac.Account()
+    account.generate_one_time_keys(5)
+    return AccountRecord(account, True, 1_700_000_000_000, 5)
+
+
+def megolm_pair(advance: int = 0) -> tuple[vodozemac.GroupSession, vodozemac.InboundGroupSession]:
+    outbound = vodozemac.GroupSession()
+    inbound = vodozemac.InboundGroupSession(outbound.session_key)
+    for _ in range(advance):
+        outbound.encrypt(b"x")
+    return outbound, inbound
+
+
+def inbound_record(
+    inbound: vodozemac.InboundGroupSession,
+    first_index: int = 0,
+    imported: bool = False,
+    room: RoomId = ROOM,
+) -> InboundGroupSessionRecord:
+    if first_index:
+        exported = inbound.export_at(first_index)
+        inbound = vodozemac.InboundGroupSession.import_session(exported)
+    return InboundGroupSessionRecord(
+        room_id=room,
+        session_id=SessionId(inbound.session_id),
+        sender_key="SENDERCURVE25519",
+        signing_key="SENDERED25519",
+        session=inbound,
+        imported=imported,
+        shared_history=False,
+        first_known_index=inbound.first_known_index,
+    )
+
+
+def olm_record() -> OlmSessionRecord:
+    alice, bob = vodozemac.Account(), vodozemac.Account()
+    bob.generate_one_time_keys(1)
+    otk = next(iter(bob.one_time_keys.values()))
+    session = alice.create_outbound_session(bob.curve25519_key, otk)
+    return OlmSessionRecord(bob.curve25519_key.to_base64(), session.session_id, session, 1, 2, 3)
+
+
+def full_changes() -> Changes:
+    outbound, inbound = megolm_pair()
+    bob = UserId("@bob:example.org")
+    request = api.keys_query([bob])
+    return Changes(
+        account=account_record(),
+        olm_sessions=[olm_record()],
+        inbound_group_sessions=[inbound_record(inbound)],
+        outbound_group_sessions=[
+            OutboundGroupSessionRecord(
+                ROOM,
+                outbound,
+                5,
+                0,
+                EncryptionSettings(),
+                {bob: {DeviceId("BOBDEV"): 0}},
+                {"req1"},
+                False,
+            )
+        ],
+        devices=[DeviceRecord(bob, DeviceId("BOBDEV"), {"keys": {}}, LocalTrust.VERIFIED, False)],
+        tracked_users=[TrackedUserRecord(bob, True, True, 3)],
+        rooms=[RoomRecord(ROOM, {"algorithm": "m.megolm.v1.aes-sha2"}, "shared", {bob: "join"})],
+        replay_entries=[ReplayRecord(ROOM, SessionId(inbound.session_id), 0, "$ev", 123)],
+        to_device_hashes=["ab" * 32],
+        withheld=[WithheldRecord(ROOM, SessionId("S2"), "SK", "m.unverified", "no")],
+        requests_added=[request],
+    )
