@@ -96,11 +96,14 @@ async def test_better_session_rule(
 ) -> None:
     _, inbound = megolm_pair(advance=6)
     first = inbound_record(inbound, *stored)
+    first.sender_key = "STORED"
     second = inbound_record(inbound, *new)
+    second.sender_key = "NEW"
     await store.save(ALICE, Changes(inbound_group_sessions=[first]))
     await store.save(ALICE, Changes(inbound_group_sessions=[second]))
     [loaded], _ = await store.load_inbound_group_sessions(ALICE, [(ROOM, first.session_id)])
     expected = first if winner == "stored" else second
+    assert loaded.sender_key == expected.sender_key
     assert (loaded.first_known_index, loaded.imported) == (
         expected.first_known_index,
         expected.imported,
