@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from e2eproxy.config import StoreConfig
 from e2eproxy.errors import StoreError
 from e2eproxy.store import secrets
 from e2eproxy.store.base import AccountKey
@@ -295,3 +296,13 @@ class SqliteStore(RecordStore):
         }
         self.backend = SqliteBackend(data_dir, **backend_args)
         super().__init__(self.backend, **kwargs)
+
+
+async def open_store(config: StoreConfig, passphrase: str | None) -> SqliteStore:
+    """The configured store, opened; pass ``Config.store_passphrase()`` as ``passphrase``.
+
+    Raises ``WrongPassphrase``, ``MigrationError`` or ``StoreError`` with one clear line.
+    """
+    store = SqliteStore(config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring)
+    await store.open()
+    return store

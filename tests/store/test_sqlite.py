@@ -203,3 +203,13 @@ async def test_batch_with_unpicklable_record_saves_nothing(tmp_path: Path) -> No
     await store.save(ALICE, Changes())
     assert await store.list_accounts() == [ALICE]
     await store.close()
+
+
+async def test_open_store_from_config(tmp_path: Path) -> None:
+    from e2eproxy.config import StoreConfig
+    from e2eproxy.store import open_store
+
+    store = await open_store(StoreConfig(data_dir=tmp_path, use_keyring=False), None)
+    await store.put_secret(ALICE, "access_token", "t")
+    await store.close()
+    assert (tmp_path / DB_NAME).exists() and (tmp_path / "store.key").exists()
