@@ -1,32 +1,4 @@
-"""The ``Store`` protocol: what the I/O shell may rely on, whatever the backend.
-
-Contract (every backend, checked by ``tests/store/test_contract.py``):
-
-* **Accounts.** Several accounts share one store, keyed by ``AccountKey(user_id, device_id)``.
-  An account exists once something was saved for it; ``delete_account`` removes every row of it.
-* **Batches are all or nothing.** ``save(account, changes, ...)`` commits the whole batch, the sync
-  tokens and txn entries given with it in one transaction, durably (fsync) before it returns;
-  if it raises, nothing of the batch is stored. Persist before acknowledging: await ``save``
-  before answering the client or sending any request the batch created.
-* **Upserts** by the keys documented on each record in ``e2eproxy.crypto.changes``; a saved record
-  is encoded at once, so the engine may go on mutating its live objects after ``save`` returns.
-* **Inbound group sessions, better-session rule.** A stored session is kept when its
-  ``first_known_index`` is lower, or equal unless the stored copy is imported and the new one is
-  not (a direct key upgrades an imported one). They are never part of ``load_snapshot``: load them
-  on demand with ``load_inbound_group_sessions`` (an account may hold 100,000).
-* **Loaded records are fresh objects**, never the live ones of a save.
-* **Pruning.** To-device hashes older than ``TO_DEVICE_HASH_TTL_MS`` and txn entries older than
-  ``TXN_TTL_MS`` may be dropped; the snapshot holds at most ``SNAPSHOT_TO_DEVICE_HASHES`` hashes.
-* **Secrets** (access tokens, later cross-signing and backup keys) are stored encrypted and bound to
-  their account and name. A value that fails its integrity check raises ``StoreCorrupt``.
-* **Leases.** ``acquire_lease`` gives this store instance the right to drive an account; another
-  live holder makes it wait up to ``wait_ms`` then raise ``StoreLocked``. While this instance holds
-  a lease, ``save`` for that account is fenced: if another holder took the lease meanwhile, the
-  save raises ``StoreLocked`` and writes nothing. ``Lease.reload`` tells a holder that someone
-  else held the account since it last did: its engine must be rebuilt from the store.
-* **Errors.** ``WrongPassphrase`` (at ``open``, before anything is written), ``MigrationError``
-  (a newer schema; the file is left as it is), ``StoreCorrupt``, ``StoreLocked``.
-"""
+"""The ``Store`` protocol: what the I/O shell may rely on, whatever the backend."""
 
 from __future__ import annotations
 
@@ -71,7 +43,39 @@ class Lease:
 
 
 class Store(Protocol):
-    """Durable, encrypted memory of the crypto engines; see the module docstring."""
+    """Durable, encrypted memory of the crypto engines.
+
+    Contract (every backend; checked by ``tests/store/test_contract.py``):
+
+    * **Accounts.** Several accounts share one store, keyed by ``AccountKey(user_id, device_id)``.
+      An account exists once something was saved for it; ``delete_account`` removes every row of it.
+    * **Batches are all or nothing.** ``save(account, changes, ...)`` commits the whole batch, the
+      sync tokens and txn entries given with it in one transaction, durably (fsync) before it
+      returns; if it raises, nothing of the batch is stored. Persist before acknowledging: await
+      ``save`` before answering the client or sending any request the batch created.
+    * **Upserts** by the keys documented on each record in ``e2eproxy.crypto.changes``; a saved
+      record is encoded at once, so the engine may go on mutating its live objects after ``save``
+      returns.
+    * **Inbound group sessions, better-session rule.** A stored session is kept when its
+      ``first_known_index`` is lower, or equal unless the stored copy is imported and the new one is
+      not (a direct key upgrades an imported one). They are never part of ``load_snapshot``: load
+      them on demand with ``load_inbound_group_sessions`` (an account may hold 100,000).
+    * **Loaded records are fresh objects**, never the live ones of a save.
+    * **Pruning.** To-device hashes older than ``TO_DEVICE_HASH_TTL_MS`` and txn entries older than
+      ``TXN_TTL_MS`` may be dropped; the snapshot holds at most ``SNAPSHOT_TO_DEVICE_HASHES``
+      hashes.
+    * **Secrets** (access tokens, later cross-signing and backup keys) are stored encrypted and
+      bound to their account and name. A value that fails its integrity check raises
+      ``StoreCorrupt``.
+    * **Leases.** ``acquire_lease`` gives this store instance the right to drive an account; another
+      live holder makes it wait up to ``wait_ms`` then raise ``StoreLocked``. While this instance
+      holds a lease, ``save`` for that account is fenced: if another holder took the lease
+      meanwhile, the save raises ``StoreLocked`` and writes nothing. ``Lease.reload`` tells a holder
+      that someone else held the account since it last did: its engine must be rebuilt from the
+      store.
+    * **Errors.** ``WrongPassphrase`` (at ``open``, before anything is written), ``MigrationError``
+      (a newer schema; the file is left as it is), ``StoreCorrupt``, ``StoreLocked``.
+    """
 
     async def open(self) -> None:
         """Unlock (``WrongPassphrase``), migrate (``MigrationError``) and get ready."""

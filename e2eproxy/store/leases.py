@@ -8,12 +8,13 @@ Releasing keeps the holder and sets the expiry to 0: the same holder re-taking i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.errors import StoreLocked
-from e2eproxy.store.base import LEASE_MS, AccountKey, Lease
+from e2eproxy.store.base import LEASE_MS, RENEW_EVERY_MS, AccountKey, Lease
 from e2eproxy.store.txn import LeaseRow, Txn
 
 T = TypeVar("T")
@@ -124,3 +125,29 @@ class LeaseKeeper:
     async def release_all(self) -> None:
         for account in list(self._held):
             await self.release(account)
+
+
+class _Renews(Protocol):
+    async def renew_lease(self, account: AccountKey) -> Lease: ...
+
+
+async def keep_lease(
+    store: _Renews,
+    account: AccountKey,
+    *,
+    every_ms: int = RENEW_EVERY_MS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Renew a held lease every ``every_ms`` until cancelled; raises ``StoreLocked`` once lost.
+
+    Run it as a task next to the account's worker; when it raises, stop driving the account.
+    A renewal that comes back with ``reload`` (someone else held it meanwhile) also counts as
+    lost for the running engine: its state is stale.
+    """
+    while True:
+        await sleep(every_ms / 1000)
+        lease = await store.renew_lease(account)
+        if lease.reload:
+            raise StoreLocked(
+                f"{account.user_id}/{account.device_id} was driven by another process meanwhile"
+            )

@@ -286,3 +286,24 @@ async def test_waiting_acquire_gets_the_lease_when_released(
     lease = await second.acquire_lease(ALICE, wait_ms=5_000)
     assert lease.holder != (await first.acquire_lease(BOB)).holder
     assert lease.generation == 2
+
+
+async def test_keep_lease_renews_until_lost(make_store: StoreFactory, clock: ManualClock) -> None:
+    from e2eproxy.store.leases import keep_lease
+
+    first: RecordStore = await make_store()  # type: ignore[misc]
+    second: RecordStore = await make_store()  # type: ignore[misc]
+    await first.acquire_lease(ALICE)
+    renewals = 0
+
+    async def tick(seconds: float) -> None:
+        nonlocal renewals
+        clock.advance(int(seconds * 1000))
+        renewals += 1
+        if renewals == 5:  # a stall longer than the lease, and another process takes over
+            clock.advance(20_000)
+            await second.acquire_lease(ALICE)
+
+    with pytest.raises(StoreLocked):
+        await keep_lease(first, ALICE, sleep=tick)
+    assert renewals == 5, "renewed every period, kept the lease through 4 periods"
