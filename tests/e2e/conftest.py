@@ -5,11 +5,13 @@ from __future__ import annotations
 import atexit
 import itertools
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from tests.support.nio_peer import NioPeer
 from tests.support.synapse import SynapseServer
 
 _localpart_counter = itertools.count(1)
@@ -38,9 +40,9 @@ def localpart(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def proxy_url(synapse: SynapseServer) -> AsyncIterator[str]:
+async def proxy_url(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[str]:
     """The e2eproxy app for `synapse`, served on 127.0.0.1; yields its base URL (no slash)."""
-    from e2eproxy.config import Config, ServerConfig, parse_listen
+    from e2eproxy.config import Config, ServerConfig, StoreConfig, parse_listen
     from e2eproxy.proxy.app import create_app
 
     # Bind first, so the port the config advertises is the one served, with no race in between.
@@ -54,7 +56,9 @@ async def proxy_url(synapse: SynapseServer) -> AsyncIterator[str]:
         listen=parse_listen(f"127.0.0.1:{port}", "listen"),
         public_url=None,
     )
-    config = Config(servers=(server,))
+    # A store of its own per test, unlocked by a key file (never the developer's keyring).
+    store = StoreConfig(data_dir=tmp_path / "proxy-data", use_keyring=False)
+    config = Config(servers=(server,), store=store)
     runner = web.AppRunner(create_app(server, config))
     await runner.setup()
     try:
@@ -63,3 +67,26 @@ async def proxy_url(synapse: SynapseServer) -> AsyncIterator[str]:
     finally:
         await runner.cleanup()
         sock.close()
+
+
+PeerFactory = Callable[[str], Awaitable[NioPeer]]
+
+
+@pytest.fixture
+async def nio_peers(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[PeerFactory]:
+    """Factory: `await nio_peers("bob")` registers that localpart on Synapse and logs in a
+    matrix-nio E2EE peer against Synapse directly, store under tmp_path; all closed afterwards."""
+    peers: list[NioPeer] = []
+
+    async def make(localpart: str) -> NioPeer:
+        password = f"{localpart}-password"
+        user = await synapse.register(localpart, password=password)
+        peer = await NioPeer.login(synapse.base_url, user.user_id, password, tmp_path / localpart)
+        peers.append(peer)
+        return peer
+
+    try:
+        yield make
+    finally:
+        for peer in peers:
+            await peer.close()
