@@ -45,7 +45,8 @@ def _effective(config: Config) -> dict[str, Any]:
         server["listen"] = f"{server['listen']['host']}:{server['listen']['port']}"
     passphrase = config.store_passphrase()
     data["store"]["passphrase"] = "<set>" if passphrase else "<not set>"
-    return json.loads(json.dumps(data, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return plain
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from aiohttp import web
 from e2eproxy.config import Config
 from e2eproxy.errors import ConfigError
 from e2eproxy.proxy.app import create_app
+from e2eproxy.store import open_store
 
 log = logging.getLogger("e2eproxy")
 
@@ -39,10 +40,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runners: list[web.AppRunner] = []
+    # Opened before listening: a wrong passphrase stops the start with one line.
+    store = await open_store(config.store, config.store_passphrase())
     try:
         for server in config.servers:
             runner = web.AppRunner(
-                create_app(server, config),
+                create_app(server, config, store=store),
                 shutdown_timeout=SHUTDOWN_TIMEOUT_S,
                 access_log=None,
             )
@@ -63,3 +66,4 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             loop.remove_signal_handler(signum)
         for runner in reversed(runners):
             await runner.cleanup()
+        await store.close()

@@ -186,7 +186,24 @@ class OlmMachine:
         settings = self._rooms.settings(RoomId(room_id))
         if settings is None:
             raise LocalProtocolError(f"room {room_id} is not known to be encrypted")
-        return self._sharer.share(RoomId(room_id), [UserId(m) for m in members], settings)
+        requests = self._sharer.share(RoomId(room_id), [UserId(m) for m in members], settings)
+        self._keep_own_session(RoomId(room_id))
+        return requests
+
+    def _keep_own_session(self, room_id: RoomId) -> None:
+        """Our own messages must decrypt too: keep an inbound copy of each outbound session."""
+        record = self._outbound.get(room_id)
+        if record is None:
+            return
+        session_id = SessionId(record.session.session_id)
+        if self._inbound.get(room_id, session_id) is not None:
+            return
+        inbound = vodozemac.InboundGroupSession(record.session.session_key)
+        self._inbound.add(InboundGroupSessionRecord(
+            room_id, session_id, self._account.curve25519, self._account.ed25519, inbound,
+            imported=False, shared_history=record.settings.shared_history,
+            first_known_index=inbound.first_known_index,
+        ))
 
     def encrypt(self, room_id: str, event_type: str, content: dict[str, Any]) -> dict[str, Any]:
         """``m.room.encrypted`` content for a room event; the key must have been shared."""

@@ -7,16 +7,33 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
-from e2eproxy.proxy.keys import CONFIG, SERVER, UPSTREAM
+from e2eproxy.crypto.clock import Clock
+from e2eproxy.crypto.settings import SharingStrategy
+from e2eproxy.proxy.accounts import AccountRegistry
+from e2eproxy.proxy.keys import CONFIG, REGISTRY, SERVER, UPSTREAM
 from e2eproxy.proxy.middleware import add_cors_headers, errors_middleware, request_log_middleware
 from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.store import Store, open_store
+from e2eproxy.store.records import SystemClock
 
 # Matrix media can be large; the pass-through streams it, so no body size limit of our own.
 CLIENT_MAX_SIZE = 0
+STRATEGIES = {
+    "all": SharingStrategy.ALL_EXCEPT_BLACKLISTED,
+    "verified": SharingStrategy.ONLY_VERIFIED,
+}
 
 
-def create_app(server: ServerConfig, config: Config) -> web.Application:
+def create_app(
+    server: ServerConfig,
+    config: Config,
+    *,
+    store: Store | None = None,
+    clock: Clock | None = None,
+) -> web.Application:
+    """The proxy for one homeserver. Without `store`, the app opens (and closes) the one the
+    configuration describes."""
     app = web.Application(
         middlewares=[request_log_middleware, errors_middleware],
         client_max_size=CLIENT_MAX_SIZE,
@@ -24,15 +41,25 @@ def create_app(server: ServerConfig, config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[SERVER] = server
-    app[UPSTREAM] = Upstream(server.homeserver, read_timeout=server.upstream_timeout)
-    app.cleanup_ctx.append(_upstream_lifetime)
+    upstream = Upstream(server.homeserver, read_timeout=server.upstream_timeout)
+    app[UPSTREAM] = upstream
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await upstream.start()
+        own_store = store is None
+        opened = store or await open_store(config.store, config.store_passphrase())
+        registry = AccountRegistry(
+            upstream, opened, clock or SystemClock(), STRATEGIES[config.encryption.share_strategy]
+        )
+        app[REGISTRY] = registry
+        await registry.load_stored()
+        yield
+        await registry.close()
+        if own_store:
+            await opened.close()
+        await upstream.close()
+
+    app.cleanup_ctx.append(lifetime)
     app.on_response_prepare.append(add_cors_headers)
     add_routes(app)
     return app
-
-
-async def _upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
-    upstream = app[UPSTREAM]
-    await upstream.start()
-    yield
-    await upstream.close()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
 from e2eproxy.proxy.upstream import Upstream
 
+if TYPE_CHECKING:
+    from e2eproxy.proxy.accounts import AccountRegistry
+
 CONFIG = web.AppKey("config", Config)
 SERVER = web.AppKey("server", ServerConfig)
 UPSTREAM = web.AppKey("upstream", Upstream)
+REGISTRY: web.AppKey[AccountRegistry] = web.AppKey("registry")

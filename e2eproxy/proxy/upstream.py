@@ -157,6 +157,7 @@ class Upstream:
         *,
         access_token: str | None = None,
         body: Any = None,
+        long_poll: float = 0.0,
     ) -> tuple[int, Any]:
         """A small JSON request of the proxy's own; returns (status, parsed body or None)."""
         headers = {"Accept": "application/json"}
@@ -165,7 +166,7 @@ class Upstream:
         if body is not None:
             headers["Content-Type"] = "application/json"
         data = None if body is None else _json_bytes(body)
-        async with self.open(method, path, headers, data) as response:
+        async with self.open(method, path, headers, data, long_poll) as response:
             raw = await response.read()
         try:
             return response.status, json.loads(raw) if raw else None

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from e2eproxy.config import Config, ServerConfig
 from e2eproxy.proxy.app import create_app
+from e2eproxy.store import MemoryStore
 from tests.support.stub_homeserver import StubHomeserver, running_stub
 
 StartProxy = Callable[..., Awaitable[str]]
@@ -39,7 +40,8 @@ async def start_proxy(stub: StubHomeserver) -> AsyncIterator[StartProxy]:
     async def start(**overrides: Any) -> str:
         assert stub.base_url is not None
         server = replace(ServerConfig(name="test", homeserver=stub.base_url), **overrides)
-        test_server = TestServer(create_app(server, Config(servers=(server,))), host="127.0.0.1")
+        app = create_app(server, Config(servers=(server,)), store=MemoryStore())
+        test_server = TestServer(app, host="127.0.0.1")
         await test_server.start_server()
         servers.append(test_server)
         return str(test_server.make_url("")).rstrip("/")

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.processes import wait_for_line
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.synapse import free_port
 
@@ -46,6 +47,7 @@ def proxy_process(stub: StubHomeserver, tmp_path: Path) -> Iterator[tuple[str, i
     assert stub.base_url is not None
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -65,7 +67,7 @@ def proxy_process(stub: StubHomeserver, tmp_path: Path) -> Iterator[tuple[str, i
     )
     try:
         assert process.stderr is not None
-        assert "Listening on" in process.stderr.readline()
+        assert "Listening on" in wait_for_line(process.stderr, "Listening on")
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from e2eproxy import __version__
+from tests.support.processes import wait_for_line
 
 ENV = {k: v for k, v in os.environ.items() if k != "E2EPROXY_STORE_PASSPHRASE"}
+# Never touch the developer's real keyring: the store falls back to a key file in the data dir.
+ENV["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -110,7 +113,7 @@ def test_run_logs_where_it_listens_and_stops_cleanly(tmp_path: Path, signum: int
     )
     try:
         assert process.stderr is not None
-        line = process.stderr.readline()
+        line = wait_for_line(process.stderr, "Listening on")
         assert f"Listening on http://127.0.0.1:{port} for homeserver http://127.0.0.1:1" in line
         started = time.monotonic()
         process.send_signal(signum)

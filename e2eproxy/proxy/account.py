@@ -1,0 +1,96 @@
+"""One proxied device: its engine, its token, and the locks that keep engine steps atomic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2eproxy.crypto.machine import OlmMachine
+from e2eproxy.store import AccountKey, Store
+
+# A member list fetched from the server is trusted this long unless a membership event or a
+# membership request through the proxy makes it stale first.
+MEMBERS_TTL_S = 300.0
+
+
+@dataclass(eq=False)
+class Account:
+    """The crypto state of one device behind the proxy.
+
+    `lock` brackets every "engine step + store save" so steps never interleave and nothing is
+    acted on before it is persisted (ARCHITECTURE.md, rules 2-3).
+    """
+
+    key: AccountKey
+    machine: OlmMachine
+    store: Store
+    access_token: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    outgoing_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    wake_outgoing: asyncio.Event = field(default_factory=asyncio.Event)
+    room_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    members: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
+    # Sync filters the client created, by id (a filter never changes once created).
+    filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keys_arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Set when the homeserver says our token is dead: the worker waits for a new one.
+    token_valid: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.token_valid.set()
+
+    @property
+    def user_id(self) -> str:
+        return self.key.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.key.device_id
+
+    def room_lock(self, room_id: str) -> asyncio.Lock:
+        return self.room_locks.setdefault(room_id, asyncio.Lock())
+
+    async def commit(
+        self,
+        *,
+        sync_tokens: Mapping[str, str] | None = None,
+        txns: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Persist what the engine changed; call with `lock` held, before acting on it."""
+        await self.store.save(
+            self.key, self.machine.take_changes(), sync_tokens=sync_tokens, txns=txns
+        )
+
+    async def notify_keys(self) -> None:
+        async with self.keys_arrived:
+            self.keys_arrived.notify_all()
+
+    async def wait_for_keys(self, timeout: float) -> bool:
+        """Wait until new room keys arrive (True) or `timeout` seconds pass (False)."""
+        async with self.keys_arrived:
+            try:
+                await asyncio.wait_for(self.keys_arrived.wait(), timeout)
+            except TimeoutError:
+                return False
+            return True
+
+    def cached_members(self, room_id: str) -> list[str] | None:
+        entry = self.members.get(room_id)
+        if entry is None or time.monotonic() - entry[0] > MEMBERS_TTL_S:
+            return None
+        return entry[1]
+
+    def set_members(self, room_id: str, members: list[str]) -> None:
+        self.members[room_id] = (time.monotonic(), members)
+
+    def members_changed(self, room_id: str) -> None:
+        self.members.pop(room_id, None)
+
+    def new_token(self, token: str) -> None:
+        self.access_token = token
+        self.token_valid.set()

@@ -1,0 +1,204 @@
+"""Which device a request belongs to, and the life cycle of the accounts behind the proxy.
+
+The crypto device is the device the client's own login created (ARCHITECTURE.md, "Who holds the
+keys"): the proxy never makes a second one. A token it has not seen is resolved once with
+/account/whoami and cached for a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from e2eproxy.crypto.clock import Clock
+from e2eproxy.crypto.machine import OlmMachine
+from e2eproxy.crypto.settings import SharingStrategy
+from e2eproxy.errors import MatrixError, StoreLocked, UpstreamError
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.proxy.worker import start_worker, stop_worker
+from e2eproxy.store import AccountKey, Store
+from e2eproxy.types import DeviceId, UserId
+
+log = logging.getLogger(__name__)
+
+TOKEN_TTL_S = 600.0
+TOKEN_SECRET = "access_token"
+# Several homeservers may share one store; each registry restores only its own accounts.
+HOMESERVER_SECRET = "homeserver"
+FOREIGN_DEVICE = (
+    "e2eproxy does not hold the encryption keys of this device (it was logged in without the "
+    "proxy, and its keys on the server can never be replaced). Log in again through e2eproxy "
+    "to use encrypted rooms."
+)
+NO_DEVICE = "This access token has no device, so e2eproxy cannot encrypt or decrypt for it."
+
+
+@dataclass
+class TokenInfo:
+    user_id: str
+    device_id: str | None
+    account: Account | None
+    refusal: str | None
+    expires: float
+
+
+def token_of(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.query.get("access_token") or None
+
+
+class AccountRegistry:
+    """The accounts of one homeserver behind the proxy, by device and by token."""
+
+    def __init__(
+        self, upstream: Upstream, store: Store, clock: Clock, strategy: SharingStrategy
+    ) -> None:
+        self.upstream = upstream
+        self.homeserver = str(upstream.base_url)
+        self.store = store
+        self.clock = clock
+        self.strategy = strategy
+        self.accounts: dict[AccountKey, Account] = {}
+        self.tokens: dict[str, TokenInfo] = {}
+        self._attach_lock = asyncio.Lock()
+
+    # -- start and stop ------------------------------------------------------------------
+    async def load_stored(self) -> None:
+        """Restore every stored account of this homeserver and start its worker."""
+        for key in await self.store.list_accounts():
+            if await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver:
+                continue
+            token = await self.store.get_secret(key, TOKEN_SECRET)
+            if token is None:
+                continue
+            try:
+                await self._restore(key, token)
+            except StoreLocked as exc:
+                log.error("Not driving %s %s: %s", key.user_id, key.device_id, exc)
+
+    async def close(self) -> None:
+        for account in list(self.accounts.values()):
+            await stop_worker(account)
+            await self.store.release_lease(account.key)
+        self.accounts.clear()
+        self.tokens.clear()
+
+    # -- accounts ------------------------------------------------------------------------
+    async def _restore(self, key: AccountKey, token: str) -> Account | None:
+        snapshot = await self.store.load_snapshot(key)
+        if snapshot is None:
+            return None
+        await self.store.acquire_lease(key)
+        machine = OlmMachine.restore(key.user_id, key.device_id, self.clock, snapshot)
+        return self._activate(key, machine, token)
+
+    def _activate(self, key: AccountKey, machine: OlmMachine, token: str) -> Account:
+        machine.set_sharing_strategy(self.strategy)
+        account = Account(key=key, machine=machine, store=self.store, access_token=token)
+        self.accounts[key] = account
+        start_worker(self.upstream, account)
+        return account
+
+    async def _create(self, key: AccountKey, token: str) -> Account:
+        await self.store.acquire_lease(key)
+        machine = OlmMachine(key.user_id, key.device_id, self.clock)
+        account = Account(key=key, machine=machine, store=self.store, access_token=token)
+        # The identity is saved before its keys are uploaded: keys uploaded and then lost
+        # would brick the device id for good.
+        async with account.lock:
+            await account.commit()
+        await self.store.put_secret(key, TOKEN_SECRET, token)
+        await self.store.put_secret(key, HOMESERVER_SECRET, self.homeserver)
+        machine.set_sharing_strategy(self.strategy)
+        self.accounts[key] = account
+        start_worker(self.upstream, account)
+        return account
+
+    async def attach(self, user_id: str, device_id: str, token: str) -> TokenInfo:
+        """Bind a token to its device's account: restore it, create it, or refuse it."""
+        key = AccountKey(UserId(user_id), DeviceId(device_id))
+        async with self._attach_lock:
+            account = self.accounts.get(key)
+            refusal = None
+            if account is None:
+                account = await self._restore(key, token)
+            if account is None:
+                if await self._device_has_keys(user_id, device_id, token):
+                    refusal = FOREIGN_DEVICE
+                else:
+                    account = await self._create(key, token)
+            elif account.access_token != token:
+                account.new_token(token)
+                await self.store.put_secret(key, TOKEN_SECRET, token)
+        info = TokenInfo(user_id, device_id, account, refusal, time.monotonic() + TOKEN_TTL_S)
+        self.tokens[token] = info
+        return info
+
+    async def _device_has_keys(self, user_id: str, device_id: str, token: str) -> bool:
+        status, body = await self.upstream.request_json(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            access_token=token,
+            body={"device_keys": {user_id: [device_id]}},
+        )
+        if status != 200 or not isinstance(body, dict):
+            raise MatrixError(502, "M_UNKNOWN", "Could not check this device's keys on the server")
+        devices = body.get("device_keys", {}).get(user_id, {})
+        return isinstance(devices, dict) and device_id in devices
+
+    async def remove(self, account: Account) -> None:
+        """Forget an account (logout): its keys leave the store."""
+        await stop_worker(account)
+        self.accounts.pop(account.key, None)
+        for token, info in list(self.tokens.items()):
+            if info.account is account:
+                del self.tokens[token]
+        await self.store.delete_account(account.key)
+
+    def forget_token(self, token: str) -> None:
+        self.tokens.pop(token, None)
+
+    # -- tokens --------------------------------------------------------------------------
+    async def whoami(self, token: str) -> tuple[str, str | None]:
+        """(user_id, device_id) of a token, asking the homeserver; its errors are raised."""
+        status, body = await self.upstream.request_json(
+            "GET", "/_matrix/client/v3/account/whoami", access_token=token
+        )
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("user_id"), str):
+            self.tokens.pop(token, None)
+            if isinstance(body, dict) and isinstance(body.get("errcode"), str):
+                raise MatrixError(status, body["errcode"], str(body.get("error", "")))
+            raise UpstreamError(502, "The homeserver could not identify this access token")
+        device_id = body.get("device_id")
+        return body["user_id"], device_id if isinstance(device_id, str) else None
+
+    def account_of(self, user_id: str, device_id: str | None) -> Account | None:
+        if device_id is None:
+            return None
+        return self.accounts.get(AccountKey(UserId(user_id), DeviceId(device_id)))
+
+    async def resolve(self, token: str) -> TokenInfo:
+        """The device behind a token; asks /account/whoami once per TTL."""
+        info = self.tokens.get(token)
+        if info is not None and info.expires > time.monotonic():
+            return info
+        user_id, device_id = await self.whoami(token)
+        if device_id is None:
+            info = TokenInfo(user_id, None, None, NO_DEVICE, time.monotonic() + TOKEN_TTL_S)
+            self.tokens[token] = info
+            return info
+        return await self.attach(user_id, device_id, token)
+
+    async def for_request(self, request: web.Request) -> TokenInfo | None:
+        """The token's device, or None for a request without a token."""
+        token = token_of(request)
+        if token is None:
+            return None
+        return await self.resolve(token)

@@ -1,0 +1,84 @@
+"""Shared by the handlers that must read a homeserver answer: forward, parse, answer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from e2eproxy.errors import MatrixError
+from e2eproxy.proxy.accounts import TokenInfo, token_of
+from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
+
+# Re-encoded bodies get their own length and encoding.
+_BODY_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding")
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: CIMultiDict[str]
+    raw: bytes
+    data: Any
+
+
+async def forward_for_json(
+    request: web.Request, *, path_and_query: str | None = None, body: bytes | None = None
+) -> Answer:
+    """Forward the client's request (optionally with another path/query or body) and read the
+    whole answer; `data` is the parsed JSON or None."""
+    headers = forward_request_headers(request.headers)
+    # Identity encoding: the answer is parsed here, not passed through as bytes.
+    headers.pop("Accept-Encoding", None)
+    if body is None and request.body_exists:
+        body = await request.read()
+    elif body is not None:
+        headers["Content-Length"] = str(len(body))
+    async with request.app[UPSTREAM].open(
+        request.method,
+        path_and_query or request.raw_path,
+        headers,
+        body,
+        long_poll_ms(request.query),
+    ) as response:
+        raw = await response.read()
+        status = response.status
+        answer_headers = forward_response_headers(response.headers)
+    data = None
+    if raw and "json" in answer_headers.get("Content-Type", ""):
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+    if status == 401 and isinstance(data, dict) and data.get("errcode") == "M_UNKNOWN_TOKEN":
+        token = token_of(request)
+        if token:
+            request.app[REGISTRY].forget_token(token)
+    return Answer(status, answer_headers, raw, data)
+
+
+def respond(answer: Answer, data: Any = None) -> web.Response:
+    """The answer as the server gave it, or with `data` as its new JSON body."""
+    if data is None:
+        return web.Response(status=answer.status, headers=answer.headers, body=answer.raw)
+    headers = CIMultiDict(
+        (k, v) for k, v in answer.headers.items() if k.lower() not in _BODY_HEADERS
+    )
+    return web.Response(
+        status=answer.status,
+        headers=headers,
+        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+async def token_info(request: web.Request) -> TokenInfo | None:
+    return await request.app[REGISTRY].for_request(request)
+
+
+def refuse(info: TokenInfo) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", info.refusal or "No encryption for this token")

@@ -1,0 +1,53 @@
+"""Write decryption results back into a response: the plain event, or a visible notice."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from e2eproxy.crypto.results import DecryptionFailure, FailureReason
+from e2eproxy.protocol.rewrite import Slot, undecryptable_notice
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.engine_io import decrypt_slots
+from e2eproxy.proxy.keys import CONFIG
+
+# A key for an event older than this is not "on its way" any more: do not hold a /sync for it.
+RECENT_MS = 5 * 60 * 1000
+
+_REASONS = {
+    FailureReason.MISSING_SESSION: "the sender's room key has not reached this device",
+    FailureReason.UNKNOWN_MESSAGE_INDEX: "this device only has the room key from a later message",
+    FailureReason.REPLAYED: "the message was replayed (a possible attack); it was rejected",
+    FailureReason.ROOM_MISMATCH: "the message claims to belong to another room; it was rejected",
+    FailureReason.MALFORMED: "the encrypted event is malformed",
+    FailureReason.UNSUPPORTED_ALGORITHM: "the encryption algorithm is not supported",
+    FailureReason.DECRYPTION_FAILED: "the ciphertext failed its integrity check",
+    FailureReason.PAYLOAD_INVALID: "the decrypted payload is invalid",
+}
+
+
+def failure_text(failure: DecryptionFailure) -> str:
+    if failure.withheld_code:
+        return f"the sender withheld the room key ({failure.withheld_code})"
+    return _REASONS.get(failure.reason, failure.reason.value)
+
+
+def _recent(slot: Slot) -> bool:
+    ts = slot.event.get("origin_server_ts") if isinstance(slot.event, dict) else None
+    return isinstance(ts, int) and time.time() * 1000 - ts < RECENT_MS
+
+
+async def decrypt_in_place(
+    request: web.Request, account: Account, slots: list[Slot], *, wait: bool = False
+) -> None:
+    """Replace every encrypted event in `slots` by its plaintext or by a notice saying why not."""
+    encryption = request.app[CONFIG].encryption
+    wait_s = encryption.missing_key_wait if wait else 0.0
+    results = await decrypt_slots(account, slots, wait_s, _recent)
+    for slot, result in zip(slots, results, strict=True):
+        if isinstance(result, DecryptionFailure):
+            if encryption.undecryptable == "notice":
+                slot.replace(undecryptable_notice(slot.event, failure_text(result)))
+        else:
+            slot.replace(result.event)

@@ -1,0 +1,247 @@
+"""Writing into rooms: encrypt what goes into encrypted rooms, fail closed whatever happens.
+
+Nothing the client sends into an encrypted room reaches the server as plaintext (ARCHITECTURE.md
+rule 4): when the room's state is unknown the server is asked, and when anything fails the client
+gets a Matrix error and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from e2eproxy.errors import LocalProtocolError, MatrixError
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.accounts import TokenInfo
+from e2eproxy.proxy.engine_io import call, share_room_key
+from e2eproxy.proxy.handlers.common import forward_for_json, refuse, respond, token_info
+from e2eproxy.proxy.handlers.passthrough import passthrough
+from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+V3 = "/_matrix/client/v3"
+PLAINTEXT_FILE = (
+    "e2eproxy cannot send this file into an encrypted room yet: it was uploaded unencrypted, and "
+    "sending it would leak it to the server. Nothing was sent."
+)
+
+
+def _server_error(status: int, body: Any, fallback: str) -> MatrixError:
+    if isinstance(body, dict) and isinstance(body.get("errcode"), str):
+        return MatrixError(status, body["errcode"], str(body.get("error", fallback)))
+    return MatrixError(502, "M_UNKNOWN", fallback)
+
+
+async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) -> bool:
+    """What we know, or else what the server says; any doubt is an error, never 'no'."""
+    if account.machine.is_room_encrypted(room_id):
+        return True
+    path = f"{V3}/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
+    status, body = await call(upstream, account, "GET", path, attempts=2)
+    if status == 404:
+        return False
+    if status != 200 or not isinstance(body, dict):
+        raise _server_error(
+            status, body, "Could not tell whether the room is encrypted; nothing was sent"
+        )
+    async with account.lock:
+        account.machine.update_room_encryption(room_id, body)
+        await account.commit()
+    if not account.machine.is_room_encrypted(room_id):
+        raise MatrixError(
+            400,
+            "M_UNKNOWN",
+            "The room uses an encryption algorithm e2eproxy does not support; nothing was sent",
+        )
+    return True
+
+
+async def room_members(upstream: Upstream, account: Account, room_id: str) -> list[str]:
+    """Joined and invited members, from the server when our view may be stale."""
+    cached = account.cached_members(room_id)
+    if cached is not None:
+        return cached
+    path = f"{V3}/rooms/{quote(room_id, safe='')}/members"
+    status, body = await call(upstream, account, "GET", path, attempts=2)
+    chunk = body.get("chunk") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(chunk, list):
+        raise _server_error(status, body, "Could not list the room's members; nothing was sent")
+    memberships = {
+        e["state_key"]: e["content"]["membership"]
+        for e in chunk
+        if isinstance(e, dict)
+        and isinstance(e.get("state_key"), str)
+        and isinstance(e.get("content"), dict)
+        and isinstance(e["content"].get("membership"), str)
+    }
+    async with account.lock:
+        account.machine.update_room_members(room_id, memberships)
+        await account.commit()
+    members = [str(m) for m in account.machine.room_members(room_id)]
+    account.set_members(room_id, members)
+    return members
+
+
+def _plaintext_media(content: dict[str, Any]) -> bool:
+    info = content.get("info")
+    urls = [content.get("url"), info.get("thumbnail_url") if isinstance(info, dict) else None]
+    return any(isinstance(u, str) and u.startswith("mxc://") for u in urls)
+
+
+async def _encrypt(
+    upstream: Upstream,
+    account: Account,
+    room_id: str,
+    event_type: str,
+    content: dict[str, Any],
+    txn_key: str,
+) -> dict[str, Any]:
+    """Share the room key, encrypt, and save the ciphertext under the txn before it is sent."""
+    async with account.room_lock(room_id):
+        for attempt in range(2):
+            members = await room_members(upstream, account, room_id)
+            await share_room_key(upstream, account, room_id, members)
+            async with account.lock:
+                try:
+                    encrypted = account.machine.encrypt(room_id, event_type, content)
+                except LocalProtocolError:
+                    # The session rotated between sharing and encrypting: share the new one.
+                    if attempt:
+                        raise
+                    continue
+                await account.commit(txns={txn_key: {"room_id": room_id, "content": encrypted}})
+                return encrypted
+    raise AssertionError("unreachable")
+
+
+async def _send_encrypted(
+    request: web.Request,
+    account: Account,
+    room_id: str,
+    txn: str,
+    encrypted: dict[str, Any],
+    txn_key: str,
+) -> web.Response:
+    upstream = request.app[UPSTREAM]
+    path = f"{V3}/rooms/{quote(room_id, safe='')}/send/m.room.encrypted/{quote(txn, safe='')}"
+    status, body = await call(upstream, account, "PUT", path, encrypted)
+    if status == 200 and isinstance(body, dict):
+        await account.store.put_txn(
+            account.key, txn_key, {"room_id": room_id, "content": encrypted, "response": body}
+        )
+    return web.json_response(body, status=status)
+
+
+async def send(request: web.Request) -> web.StreamResponse:
+    room_id = request.match_info["room"]
+    event_type = request.match_info["type"]
+    txn = request.match_info["txn"]
+    info = await token_info(request)
+    if info is None:
+        return await passthrough(request)  # no token: the server refuses it
+    raw = await request.read()
+    try:
+        content = json.loads(raw)
+    except ValueError:
+        raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from None
+    if not isinstance(content, dict):
+        raise MatrixError(400, "M_BAD_JSON", "Content must be a JSON object.")
+    if info.account is None:
+        return await _send_without_keys(request, info, room_id, raw)
+    account = info.account
+    upstream = request.app[UPSTREAM]
+    txn_key = f"send\0{room_id}\0{event_type}\0{txn}"
+    stored = await account.store.get_txn(account.key, txn_key)
+    if stored is not None and isinstance(stored.get("response"), dict):
+        return web.json_response(stored["response"])
+    if stored is not None and isinstance(stored.get("content"), dict):
+        # Encrypted before a crash or a failed send: send the same ciphertext again.
+        return await _send_encrypted(request, account, room_id, txn, stored["content"], txn_key)
+    if not await room_is_encrypted(upstream, account, room_id):
+        answer = await forward_for_json(request, body=raw)
+        return respond(answer)
+    if _plaintext_media(content):
+        raise MatrixError(400, "M_FORBIDDEN", PLAINTEXT_FILE)
+    encrypted = await _encrypt(upstream, account, room_id, event_type, content, txn_key)
+    return await _send_encrypted(request, account, room_id, txn, encrypted, txn_key)
+
+
+async def _send_without_keys(
+    request: web.Request, info: TokenInfo, room_id: str, raw: bytes
+) -> web.StreamResponse:
+    """A device whose keys we do not hold may still write into unencrypted rooms."""
+    path = f"{V3}/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
+    status, body = await request.app[UPSTREAM].request_json(
+        "GET", path, access_token=_token(request)
+    )
+    if status == 200:
+        raise refuse(info)
+    if status != 404:
+        raise _server_error(status, body, "Could not tell whether the room is encrypted")
+    return respond(await forward_for_json(request, body=raw))
+
+
+def _token(request: web.Request) -> str | None:
+    from e2eproxy.proxy.accounts import token_of
+
+    return token_of(request)
+
+
+async def create_room(request: web.Request) -> web.StreamResponse:
+    """Learn at once that a new room is encrypted, and query the invitees' devices early."""
+    raw = await request.read()
+    answer = await forward_for_json(request, body=raw)
+    if answer.status != 200 or not isinstance(answer.data, dict):
+        return respond(answer)
+    room_id = answer.data.get("room_id")
+    info = await token_info(request)
+    try:
+        spec = json.loads(raw) if raw else {}
+    except ValueError:
+        spec = {}
+    if isinstance(room_id, str) and info is not None and info.account is not None:
+        await _note_new_room(info.account, room_id, spec if isinstance(spec, dict) else {})
+    return respond(answer)
+
+
+async def _note_new_room(account: Account, room_id: str, spec: dict[str, Any]) -> None:
+    states = spec.get("initial_state")
+    encryption = (
+        next(
+            (
+                s.get("content")
+                for s in states or []
+                if isinstance(s, dict)
+                and s.get("type") == "m.room.encryption"
+                and isinstance(s.get("content"), dict)
+            ),
+            None,
+        )
+        if isinstance(states, list)
+        else None
+    )
+    invites = [u for u in spec.get("invite") or [] if isinstance(u, str)]
+    async with account.lock:
+        if encryption is not None:
+            account.machine.update_room_encryption(room_id, encryption)
+        members = {account.user_id: "join", **{u: "invite" for u in invites}}
+        account.machine.update_room_members(room_id, members)
+        await account.commit()
+    account.members_changed(room_id)
+    account.wake_outgoing.set()
+
+
+async def membership(request: web.Request) -> web.StreamResponse:
+    """invite/kick/ban/unban/join/leave: pass through, then our member lists are stale."""
+    response = await passthrough(request)
+    room_id = request.match_info.get("room")
+    if room_id:
+        for account in request.app[REGISTRY].accounts.values():
+            account.members_changed(room_id)
+    return response

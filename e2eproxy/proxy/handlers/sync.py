@@ -1,0 +1,73 @@
+"""/sync: widen the filter, feed the engine, persist, then answer with plaintext events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from aiohttp import web
+
+from e2eproxy.protocol.filters import apply_client_filter, widen_filter
+from e2eproxy.protocol.rewrite import strip_crypto_to_device, sync_slots
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.engine_io import call, process_sync
+from e2eproxy.proxy.handlers.common import forward_for_json, respond, token_info
+from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
+from e2eproxy.proxy.handlers.passthrough import passthrough
+from e2eproxy.proxy.keys import UPSTREAM
+
+CLIENT_STREAM = "client"
+
+
+async def _client_filter(request: web.Request, account: Account) -> dict[str, Any] | None:
+    """The filter the client asked for, inline or by id (fetched once and cached)."""
+    value = request.query.get("filter")
+    if not value:
+        return None
+    if value.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    cached = account.filters.get(value)
+    if cached is None:
+        path = f"/_matrix/client/v3/user/{quote(account.user_id)}/filter/{quote(value)}"
+        status, body = await call(request.app[UPSTREAM], account, "GET", path, attempts=1)
+        if status != 200 or not isinstance(body, dict):
+            return None
+        account.filters[value] = cached = body
+    return cached
+
+
+def _with_filter(request: web.Request, upstream_filter: dict[str, Any]) -> str:
+    params = [
+        (k, v) for k, v in parse_qsl(request.query_string, keep_blank_values=True) if k != "filter"
+    ]
+    params.append(("filter", json.dumps(upstream_filter, separators=(",", ":"))))
+    return f"{request.path}?{urlencode(params)}"
+
+
+async def sync(request: web.Request) -> web.StreamResponse:
+    info = await token_info(request)
+    if info is None or info.account is None:
+        # No device of ours: plain pass-through keeps working, encrypted events stay encrypted.
+        return await passthrough(request)
+    account = info.account
+    client_filter = await _client_filter(request, account)
+    path = None
+    if client_filter is not None:
+        widened = widen_filter(client_filter)
+        if widened != client_filter or not request.query.get("filter", "").startswith("{"):
+            path = _with_filter(request, widened)
+    answer = await forward_for_json(request, path_and_query=path)
+    body = answer.data
+    if answer.status != 200 or not isinstance(body, dict):
+        return respond(answer)
+    await process_sync(account, body, CLIENT_STREAM)
+    await decrypt_in_place(request, account, list(sync_slots(body)), wait=True)
+    strip_crypto_to_device(body)
+    if client_filter is not None:
+        apply_client_filter(body, client_filter)
+    return respond(answer, body)

@@ -1,0 +1,129 @@
+"""The per-account background work: a light sync of its own, the engine's outgoing requests,
+and the store lease.
+
+The background sync keeps to-device messages (room keys), device list changes and one-time key
+counts flowing while no client syncs. It is filtered down to what crypto needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from urllib.parse import quote
+
+from e2eproxy.errors import StoreLocked, UpstreamError
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.engine_io import drain_outgoing, process_sync
+from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.store import RENEW_EVERY_MS
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_STREAM = "background"
+SYNC_TIMEOUT_MS = 30_000
+IDLE_DRAIN_S = 60.0
+MAX_BACKOFF_S = 60.0
+CRYPTO_FILTER = {
+    "presence": {"not_types": ["*"]},
+    "account_data": {"not_types": ["*"]},
+    "room": {
+        "timeline": {
+            "limit": 50,
+            "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility"],
+        },
+        "state": {
+            "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility"],
+            "lazy_load_members": False,
+        },
+        "ephemeral": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+        "include_leave": True,
+    },
+}
+_FILTER_PARAM = quote(json.dumps(CRYPTO_FILTER, separators=(",", ":")))
+
+
+def start_worker(upstream: Upstream, account: Account) -> None:
+    name = f"{account.user_id}/{account.device_id}"
+    account.tasks = [
+        asyncio.create_task(_sync_loop(upstream, account), name=f"sync {name}"),
+        asyncio.create_task(_outgoing_loop(upstream, account), name=f"outgoing {name}"),
+        asyncio.create_task(_lease_loop(account), name=f"lease {name}"),
+    ]
+    account.wake_outgoing.set()
+
+
+async def stop_worker(account: Account) -> None:
+    for task in account.tasks:
+        task.cancel()
+    for task in account.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    account.tasks = []
+
+
+async def _sync_loop(upstream: Upstream, account: Account) -> None:
+    since = await account.store.get_sync_token(account.key, BACKGROUND_STREAM)
+    backoff = 1.0
+    while True:
+        await account.token_valid.wait()
+        path = f"/_matrix/client/v3/sync?filter={_FILTER_PARAM}&set_presence=offline"
+        if since:
+            path += f"&since={quote(since)}&timeout={SYNC_TIMEOUT_MS}"
+        try:
+            status, body = await upstream.request_json(
+                "GET", path, access_token=account.access_token, long_poll=SYNC_TIMEOUT_MS
+            )
+        except UpstreamError as exc:
+            status, body = 0, {"error": exc.message}
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
+            await process_sync(account, body, BACKGROUND_STREAM)
+            since = body["next_batch"]
+            backoff = 1.0
+            continue
+        if status == 401:
+            log.warning(
+                "Background sync for %s: token refused; waiting for a new login", account.device_id
+            )
+            account.token_valid.clear()
+            continue
+        log.info(
+            "Background sync for %s failed (%s); retrying in %.0f s",
+            account.device_id,
+            status,
+            backoff,
+        )
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+async def _outgoing_loop(upstream: Upstream, account: Account) -> None:
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(account.wake_outgoing.wait(), IDLE_DRAIN_S)
+        account.wake_outgoing.clear()
+        await account.token_valid.wait()
+        try:
+            await drain_outgoing(upstream, account)
+        except Exception:
+            log.exception("Sending crypto requests for %s failed", account.device_id)
+            await asyncio.sleep(5)
+
+
+async def _lease_loop(account: Account) -> None:
+    while True:
+        await asyncio.sleep(RENEW_EVERY_MS / 1000)
+        try:
+            await account.store.renew_lease(account.key)
+        except StoreLocked:
+            log.error(
+                "Lost the store lease of %s %s to another process; stopping its worker",
+                account.user_id,
+                account.device_id,
+            )
+            for task in account.tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+            return
