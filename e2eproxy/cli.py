@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from e2eproxy import __version__
-from e2eproxy.config import Config, load_config, with_overrides
+from e2eproxy.config import Config, load_config, store_only_config, with_overrides
 from e2eproxy.errors import E2EProxyError
+from e2eproxy.keys_cli import add_keys_parser, run_keys
 from e2eproxy.log import setup_logging
 
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file", type=Path)
+    add_keys_parser(commands)
     return parser
 
 
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_effective(config), indent=2, sort_keys=True))
             return 0
         base = load_config(args.config) if args.config else None
+        if args.command == "keys":
+            setup_logging("warning")
+            config = store_only_config(base, args.data_dir)
+            return asyncio.run(run_keys(args, config))
         config = with_overrides(
             base,
             homeserver=args.homeserver,

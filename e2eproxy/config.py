@@ -337,3 +337,11 @@ def with_overrides(
     updated = replace(config, servers=tuple(servers), store=store, log=log)
     validate(updated)
     return updated
+
+
+def store_only_config(config: Config | None, data_dir: str | None) -> Config:
+    """For commands that only need the store (key export/import): no server is required."""
+    base = config or Config(servers=(), source="<flags>")
+    if data_dir is None:
+        return base
+    return replace(base, store=replace(base.store, data_dir=Path(data_dir).expanduser().absolute()))
