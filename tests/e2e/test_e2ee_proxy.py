@@ -1,0 +1,500 @@
+"""Transparent E2EE through the proxy, against a real Synapse and a real independent E2EE client.
+
+Plain clients (bare aiohttp, no crypto) log in and talk through e2eproxy; matrix-nio peers (their
+own vodozemac crypto, logged in against Synapse directly) sit on the other side. Every test reads
+the room history straight from Synapse and asserts that the messages there are only ciphertext.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from tests.e2e.client import PlainClient
+from tests.e2e.conftest import PeerFactory
+from tests.support.nio_peer import MEGOLM, NioPeer, assert_ciphertext_only, encryption_state
+from tests.support.synapse import SynapseServer
+
+pytestmark = pytest.mark.e2e
+
+POLL_MS = 300
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    # A hung proxy fails the request instead of stalling the test for pytest-timeout.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client_session:
+        yield client_session
+
+
+class Plain:
+    """A plain client behind the proxy that keeps what its /syncs showed, per room."""
+
+    def __init__(self, client: PlainClient) -> None:
+        self.client = client
+        self.timeline: dict[str, list[dict[str, Any]]] = {}
+        self.invites: set[str] = set()
+        self.to_device: list[dict[str, Any]] = []
+
+    @property
+    def user_id(self) -> str:
+        assert self.client.user_id is not None
+        return self.client.user_id
+
+    @property
+    def device_id(self) -> str:
+        assert self.client.device_id is not None
+        return self.client.device_id
+
+    def room_path(self, room_id: str, tail: str, version: str = "v3") -> str:
+        return f"/_matrix/client/{version}/rooms/{quote(room_id, safe='')}/{tail}"
+
+    async def sync_once(self, timeout_ms: int = POLL_MS) -> dict[str, Any]:
+        answer = await self.client.sync(timeout_ms=timeout_ms)
+        rooms = answer.get("rooms", {})
+        for room_id, room in rooms.get("join", {}).items():
+            self.timeline.setdefault(room_id, []).extend(room.get("timeline", {}).get("events", []))
+        self.invites.update(rooms.get("invite", {}))
+        self.to_device.extend(answer.get("to_device", {}).get("events", []))
+        return answer
+
+    async def sync_until(self, predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.user_id}: {what} not seen within {TIMEOUT} s")
+            await self.sync_once(max(1, min(POLL_MS, int(left * 1000))))
+
+    def event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
+        return next((e for e in self.timeline.get(room_id, []) if e["event_id"] == event_id), None)
+
+    async def wait_for_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        try:
+            await self.sync_until(lambda: self.event(room_id, event_id) is not None, event_id)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; timeline: {show(self.timeline.get(room_id))}") from None
+        found = self.event(room_id, event_id)
+        assert found is not None
+        return found
+
+    async def send(
+        self, room_id: str, event_type: str, content: dict[str, Any], txn: str | None = None
+    ) -> str:
+        txn = txn or f"e2ee-{uuid.uuid4().hex}"
+        path = self.room_path(room_id, f"send/{quote(event_type, safe='')}/{txn}")
+        answer = await self.client.request("PUT", path, content)
+        return str(answer["event_id"])
+
+    async def send_text(self, room_id: str, body: str, txn: str | None = None) -> str:
+        return await self.send(room_id, "m.room.message", {"msgtype": "m.text", "body": body}, txn)
+
+    async def create_encrypted_room(self, **body: Any) -> str:
+        rotation = body.pop("rotation_period_msgs", None)
+        body.setdefault("preset", "private_chat")
+        body["initial_state"] = [encryption_state(rotation)]
+        return await self.client.create_room(**body)
+
+    async def join_when_invited(self, room_id: str) -> None:
+        await self.sync_until(lambda: room_id in self.invites, f"invite to {room_id}")
+        assert await self.client.join(room_id) == room_id
+
+
+async def plain_login(
+    session: aiohttp.ClientSession, proxy_url: str, synapse: SynapseServer, localpart: str
+) -> Plain:
+    """Register the user on Synapse, then log in with a password through the proxy."""
+    password = f"{localpart}-password"
+    await synapse.register(localpart, password=password)
+    client = PlainClient(session, proxy_url)
+    await client.login(localpart, password)
+    return Plain(client)
+
+
+def show(value: Any) -> str:
+    """Assertion messages as full JSON (pytest would shorten a dict's repr)."""
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def decrypted_message(event: dict[str, Any] | None, body: str, sender: str) -> None:
+    """A timeline event as the plain client must get it: the plain m.room.message."""
+    assert event is not None
+    assert event["type"] == "m.room.message", f"not decrypted for the plain client: {show(event)}"
+    assert event["content"].get("body") == body, show(event)
+    assert event["sender"] == sender, show(event)
+    assert "ciphertext" not in event["content"], show(event)
+
+
+def megolm_message_index(ciphertext: str) -> int:
+    """The message index in a Megolm message: version byte 3, then protobuf field 1 (varint)."""
+    data = base64.b64decode(ciphertext + "=" * (-len(ciphertext) % 4))
+    assert data[0] == 3 and data[1] == 0x08, f"not a Megolm v1 message: {data[:4]!r}"
+    index, shift = 0, 0
+    for byte in data[2:]:
+        index |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return index
+    raise AssertionError("truncated varint in a Megolm message")
+
+
+async def plain_with_peer_room(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+    **room: Any,
+) -> tuple[Plain, NioPeer, str]:
+    """A plain user logged in through the proxy creates an encrypted room; a nio peer joins."""
+    plain = await plain_login(session, proxy_url, synapse, f"{localpart}plain")
+    peer = await nio_peers(f"{localpart}nio")
+    room_id = await plain.create_encrypted_room(invite=[peer.user_id], **room)
+    await peer.join(room_id)
+    return plain, peer, room_id
+
+
+# -- (a) the plain client creates the room, the nio peer joins --------------------------------
+
+
+async def test_plain_creates_room_and_talks_with_nio_peer(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    plain = await plain_login(session, proxy_url, synapse, f"{localpart}plain")
+    peer = await nio_peers(f"{localpart}nio")
+
+    # The login through the proxy gave the client's own device signed device keys on the
+    # server (nio drops a device whose self-signature does not verify), and no other device.
+    devices = await peer.query_devices(plain.user_id)
+    assert set(devices) == {plain.device_id}, f"devices with keys: {sorted(devices)}"
+    device_keys = devices[plain.device_id].keys
+
+    room_id = await plain.create_encrypted_room(invite=[peer.user_id], name="plain creates")
+    await peer.join(room_id)
+
+    # No sync by the plain client since it created the room: the proxy must still find the
+    # peer's device (the server lists it as joined) and share the room key before sending.
+    txn = f"first-{uuid.uuid4().hex}"
+    sent = await plain.send_text(room_id, "hello from behind the proxy ✓", txn)
+    [seen] = await peer.wait_for_bodies(room_id, ["hello from behind the proxy ✓"])
+    assert (seen.event_id, seen.sender, seen.encrypted) == (sent, plain.user_id, True)
+
+    reply = await peer.send_text(room_id, "hello plain client 🙂")
+    got = await plain.wait_for_event(room_id, reply)
+    decrypted_message(got, "hello plain client 🙂", peer.user_id)
+    assert got["event_id"] == reply
+    # The client's own message comes back decrypted too, with its transaction id.
+    await plain.sync_until(lambda: plain.event(room_id, sent) is not None, "own message")
+    own = plain.event(room_id, sent)
+    decrypted_message(own, "hello from behind the proxy ✓", plain.user_id)
+    assert own is not None and own.get("unsigned", {}).get("transaction_id") == txn, own
+    # Nothing encrypted reaches the plain client: not in the timeline, not as to-device.
+    timeline_types = {e["type"] for e in plain.timeline[room_id]}
+    assert "m.room.encrypted" not in timeline_types, plain.timeline[room_id]
+    assert not [e for e in plain.to_device if e["type"] == "m.room.encrypted"], plain.to_device
+
+    history = await plain.client.messages(room_id)
+    messages = [e for e in history if e["type"] in ("m.room.message", "m.room.encrypted")]
+    assert [(e["type"], e["event_id"]) for e in messages] == [
+        ("m.room.message", reply),
+        ("m.room.message", sent),
+    ], show(messages)
+    assert [e["content"]["body"] for e in messages] == [
+        "hello plain client 🙂",
+        "hello from behind the proxy ✓",
+    ]
+
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    assert [e["event_id"] for e in assert_ciphertext_only(raw)] == [reply, sent]
+    assert peer.undecryptable(room_id) == []
+    # Still the same one device with the same keys: no key replacement, no second device.
+    devices = await peer.query_devices(plain.user_id)
+    assert set(devices) == {plain.device_id}
+    assert devices[plain.device_id].keys == device_keys
+
+
+async def test_event_and_context_are_decrypted(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy_url, synapse, nio_peers, localpart
+    )
+    first = await peer.send_text(room_id, "one")
+    second = await peer.send_text(room_id, "two")
+
+    event = await plain.client.request("GET", plain.room_path(room_id, f"event/{second}"))
+    decrypted_message(event, "two", peer.user_id)
+    assert event["event_id"] == second
+
+    context = await plain.client.request(
+        "GET", plain.room_path(room_id, f"context/{second}"), params={"limit": "10"}
+    )
+    decrypted_message(context["event"], "two", peer.user_id)
+    before = [e for e in context["events_before"] if e["event_id"] == first]
+    assert len(before) == 1, context["events_before"]
+    decrypted_message(before[0], "one", peer.user_id)
+    assert not [e for e in context["events_before"] if e["type"] == "m.room.encrypted"]
+
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    assert [e["event_id"] for e in assert_ciphertext_only(raw)] == [second, first]
+
+
+# -- (b) the nio peer creates the room and invites the plain user -----------------------------
+
+
+async def test_nio_peer_creates_room_and_talks_with_plain_client(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    peer = await nio_peers(f"{localpart}nio")
+    plain = await plain_login(session, proxy_url, synapse, f"{localpart}plain")
+    room_id = await peer.create_encrypted_room(invite=[plain.user_id], name="nio creates")
+
+    await plain.join_when_invited(room_id)
+    # Sent right after the join, before any sync showed the proxy the room as joined or its
+    # members (the invite carried only stripped state): it has to ask the server who is in.
+    sent = await plain.send_text(room_id, "joined and writing at once")
+    [seen] = await peer.wait_for_bodies(room_id, ["joined and writing at once"])
+    assert (seen.event_id, seen.sender, seen.encrypted) == (sent, plain.user_id, True)
+
+    first = await peer.send_text(room_id, "welcome, plain client")
+    second = await peer.send_text(room_id, "second message")
+    decrypted_message(
+        await plain.wait_for_event(room_id, first), "welcome, plain client", peer.user_id
+    )
+    decrypted_message(await plain.wait_for_event(room_id, second), "second message", peer.user_id)
+
+    history = await plain.client.messages(room_id)
+    messages = [e for e in history if e["type"] in ("m.room.message", "m.room.encrypted")]
+    assert [(e["type"], e["event_id"]) for e in messages] == [
+        ("m.room.message", second),
+        ("m.room.message", first),
+        ("m.room.message", sent),
+    ], show(messages)
+
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    assert [e["event_id"] for e in assert_ciphertext_only(raw)] == [second, first, sent]
+    assert peer.undecryptable(room_id) == []
+
+
+# -- (c) two plain clients, both behind the same proxy ------------------------------------------
+
+
+async def test_two_plain_clients_behind_the_proxy(
+    session: aiohttp.ClientSession, proxy_url: str, synapse: SynapseServer, localpart: str
+) -> None:
+    alice = await plain_login(session, proxy_url, synapse, f"{localpart}alice")
+    bob = await plain_login(session, proxy_url, synapse, f"{localpart}bob")
+    room_id = await alice.create_encrypted_room(name="two plain clients")
+    await alice.client.invite(room_id, bob.user_id)
+    await bob.join_when_invited(room_id)
+
+    hello = await alice.send_text(room_id, "hi bob, encrypted by the proxy")
+    decrypted_message(
+        await bob.wait_for_event(room_id, hello), "hi bob, encrypted by the proxy", alice.user_id
+    )
+    back = await bob.send_text(room_id, "hi alice, same proxy")
+    decrypted_message(
+        await alice.wait_for_event(room_id, back), "hi alice, same proxy", bob.user_id
+    )
+    more = await alice.send_text(room_id, "and once more")
+    decrypted_message(await bob.wait_for_event(room_id, more), "and once more", alice.user_id)
+
+    for client in (alice, bob):
+        history = await client.client.messages(room_id)
+        messages = [e for e in history if e["type"] in ("m.room.message", "m.room.encrypted")]
+        assert [(e["type"], e["event_id"]) for e in messages] == [
+            ("m.room.message", more),
+            ("m.room.message", back),
+            ("m.room.message", hello),
+        ], show(messages)
+        assert not [e for e in client.to_device if e["type"] == "m.room.encrypted"]
+
+    assert bob.client.access_token is not None
+    raw = await synapse.room_messages(bob.client.access_token, room_id)
+    assert [e["event_id"] for e in assert_ciphertext_only(raw)] == [more, back, hello]
+
+
+# -- (d) reactions, edits, replies and threads are encrypted, relations stay in the clear -----
+
+
+async def test_relations_are_encrypted_with_cleartext_relates_to(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy_url, synapse, nio_peers, localpart
+    )
+    original = await plain.send_text(room_id, "original text")
+    from_peer = await peer.send_text(room_id, "something to react to")
+    await plain.wait_for_event(room_id, from_peer)
+
+    relations: dict[str, tuple[str, dict[str, Any]]] = {
+        "reaction": (
+            "m.reaction",
+            {"m.relates_to": {"rel_type": "m.annotation", "event_id": from_peer, "key": "👍"}},
+        ),
+        "edit": (
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": "* edited text",
+                "m.new_content": {"msgtype": "m.text", "body": "edited text"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+            },
+        ),
+        "reply": (
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": "> something to react to\n\na reply",
+                "m.relates_to": {"m.in_reply_to": {"event_id": from_peer}},
+            },
+        ),
+        "thread": (
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": "in a thread",
+                "m.relates_to": {
+                    "rel_type": "m.thread",
+                    "event_id": original,
+                    "is_falling_back": True,
+                    "m.in_reply_to": {"event_id": original},
+                },
+            },
+        ),
+    }
+    sent = {
+        name: await plain.send(room_id, event_type, content)
+        for name, (event_type, content) in relations.items()
+    }
+
+    # The nio peer decrypts each one to what the plain client wrote.
+    for name, event_id in sent.items():
+        event_type, content = relations[name]
+        seen = await peer.wait_for_event(room_id, event_id)
+        assert seen.encrypted, f"{name} reached the nio peer in the clear"
+        assert seen.type == event_type, (name, seen)
+        assert seen.content["m.relates_to"] == content["m.relates_to"], (name, seen)
+        for key in ("body", "m.new_content"):
+            assert seen.content.get(key) == content.get(key), (name, key, seen)
+
+    # On the server: ciphertext only, with the relation in the clear beside it (so that the
+    # server can aggregate reactions, edits and threads).
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    by_id = {e["event_id"]: e for e in assert_ciphertext_only(raw)}
+    for name, event_id in sent.items():
+        assert event_id in by_id, f"{name} is not an encrypted event on the server"
+        relates_to = by_id[event_id]["content"].get("m.relates_to")
+        assert relates_to == relations[name][1]["m.relates_to"], (name, by_id[event_id])
+
+    # Server-side aggregation through the proxy, decrypted.
+    answer = await plain.client.request(
+        "GET", plain.room_path(room_id, f"relations/{from_peer}/m.annotation", "v1")
+    )
+    [reaction] = answer["chunk"]
+    assert reaction["event_id"] == sent["reaction"]
+    assert reaction["type"] == "m.reaction", show(reaction)
+    assert reaction["content"]["m.relates_to"]["key"] == "👍"
+    answer = await plain.client.request(
+        "GET", plain.room_path(room_id, f"relations/{original}", "v1")
+    )
+    related = {e["event_id"]: e for e in answer["chunk"]}
+    assert set(related) == {sent["edit"], sent["thread"]}, answer["chunk"]
+    assert related[sent["edit"]]["type"] == "m.room.message", show(related[sent["edit"]])
+    assert related[sent["edit"]]["content"]["m.new_content"]["body"] == "edited text"
+    assert related[sent["thread"]]["content"]["body"] == "in a thread"
+
+
+# -- (e) a retried transaction is one event, encrypted once ----------------------------------
+
+
+async def test_retried_txn_is_one_event_encrypted_once(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy_url, synapse, nio_peers, localpart
+    )
+    txn = f"retry-{uuid.uuid4().hex}"
+    first = await plain.send_text(room_id, "sent twice, stored once", txn)
+    again = await plain.send_text(room_id, "sent twice, stored once", txn)
+    assert again == first
+    after = await plain.send_text(room_id, "the next message")
+
+    await peer.wait_for_bodies(room_id, ["sent twice, stored once", "the next message"])
+    assert [m.event_id for m in peer.messages(room_id)] == [first, after]
+
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    encrypted = assert_ciphertext_only(raw)
+    assert [e["event_id"] for e in encrypted] == [after, first]
+    # The retry did not encrypt a second time: the next message is the very next index of
+    # the same Megolm session (a second encryption would have used up one in between).
+    newer, older = (e["content"] for e in encrypted)
+    assert newer["session_id"] == older["session_id"]
+    indexes = [megolm_message_index(c["ciphertext"]) for c in (older, newer)]
+    assert indexes[1] == indexes[0] + 1, f"message indexes {indexes}: the retry re-encrypted"
+
+
+# -- (f) rotation_period_msgs from the room's encryption state ---------------------------------
+
+
+async def test_rotation_period_msgs_gives_a_new_session_every_3_messages(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy_url, synapse, nio_peers, localpart, rotation_period_msgs=3
+    )
+    bodies = [f"rotating {n}" for n in range(7)]
+    sent = [await plain.send_text(room_id, body) for body in bodies]
+
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    encrypted = assert_ciphertext_only(raw)[::-1]  # oldest first
+    assert [e["event_id"] for e in encrypted] == sent
+    sessions = [e["content"]["session_id"] for e in encrypted]
+    runs: list[tuple[str, int]] = []
+    for session_id in sessions:
+        if runs and runs[-1][0] == session_id:
+            runs[-1] = (session_id, runs[-1][1] + 1)
+        else:
+            runs.append((session_id, 1))
+    assert len({s for s, _ in runs}) == len(runs), f"an old session came back: {sessions}"
+    assert len(runs) >= 3, f"{len(runs)} sessions for 7 messages: {sessions}"
+    assert all(count <= 3 for _, count in runs), f"a session used past 3 messages: {runs}"
+    assert all(e["content"]["algorithm"] == MEGOLM for e in encrypted)
+
+    # The peer got every new session's key and reads all seven.
+    seen = await peer.wait_for_bodies(room_id, bodies)
+    assert [m.event_id for m in seen] == sent
+    assert {m.session_id for m in seen} == set(sessions)
