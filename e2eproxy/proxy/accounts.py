@@ -21,12 +21,14 @@ from e2eproxy.errors import MatrixError, StoreLocked, UpstreamError
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.proxy.worker import start_worker, stop_worker
-from e2eproxy.store import AccountKey, Store
+from e2eproxy.store import LEASE_MS, AccountKey, Store
 from e2eproxy.types import DeviceId, UserId
 
 log = logging.getLogger(__name__)
 
 TOKEN_TTL_S = 600.0
+# A process that died holding a lease keeps it until it expires: wait that long, and a bit.
+LEASE_WAIT_MS = LEASE_MS + 2_000
 TOKEN_SECRET = "access_token"
 # Several homeservers may share one store; each registry restores only its own accounts.
 HOMESERVER_SECRET = "homeserver"
@@ -72,16 +74,21 @@ class AccountRegistry:
     # -- start and stop ------------------------------------------------------------------
     async def load_stored(self) -> None:
         """Restore every stored account of this homeserver and start its worker."""
+        restores = []
         for key in await self.store.list_accounts():
             if await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver:
                 continue
             token = await self.store.get_secret(key, TOKEN_SECRET)
-            if token is None:
-                continue
-            try:
-                await self._restore(key, token)
-            except StoreLocked as exc:
-                log.error("Not driving %s %s: %s", key.user_id, key.device_id, exc)
+            if token is not None:
+                restores.append(self._restore_at_start(key, token))
+        # In parallel: after a crash each lease may take its full term to expire.
+        await asyncio.gather(*restores)
+
+    async def _restore_at_start(self, key: AccountKey, token: str) -> None:
+        try:
+            await self._restore(key, token)
+        except StoreLocked as exc:
+            log.error("Not driving %s %s: %s", key.user_id, key.device_id, exc)
 
     async def close(self) -> None:
         for account in list(self.accounts.values()):
@@ -95,7 +102,7 @@ class AccountRegistry:
         snapshot = await self.store.load_snapshot(key)
         if snapshot is None:
             return None
-        await self.store.acquire_lease(key)
+        await self.store.acquire_lease(key, wait_ms=LEASE_WAIT_MS)
         machine = OlmMachine.restore(key.user_id, key.device_id, self.clock, snapshot)
         return self._activate(key, machine, token)
 
@@ -107,7 +114,7 @@ class AccountRegistry:
         return account
 
     async def _create(self, key: AccountKey, token: str) -> Account:
-        await self.store.acquire_lease(key)
+        await self.store.acquire_lease(key, wait_ms=LEASE_WAIT_MS)
         machine = OlmMachine(key.user_id, key.device_id, self.clock)
         account = Account(key=key, machine=machine, store=self.store, access_token=token)
         # The identity is saved before its keys are uploaded: keys uploaded and then lost

@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from e2eproxy.errors import MatrixError, UpstreamError
+from e2eproxy.errors import E2EProxyError, MatrixError, StoreLocked, UpstreamError
 from e2eproxy.proxy.keys import SERVER
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except UpstreamError as exc:
         log.warning("%s %s: %s", request.method, request.path, exc.message)
         return matrix_error(exc.status, "M_UNKNOWN", exc.message)
+    except StoreLocked as exc:
+        return matrix_error(503, "M_UNKNOWN", f"e2eproxy: {exc}")
+    except E2EProxyError as exc:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return matrix_error(500, "M_UNKNOWN", f"e2eproxy: {exc}")
     except web.HTTPNotFound:
         return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
     except web.HTTPMethodNotAllowed:

@@ -7,7 +7,8 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from e2eproxy.proxy.keys import UPSTREAM
+from e2eproxy.proxy.accounts import token_of
+from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,13 @@ def _request_body(request: web.Request) -> object:
     return None
 
 
+def _forget_token(request: web.Request) -> None:
+    """The server refused the token: resolve it afresh next time (it may have been logged out)."""
+    token = token_of(request)
+    if token is not None and REGISTRY in request.app:
+        request.app[REGISTRY].forget_token(token)
+
+
 async def passthrough(request: web.Request) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
     headers = forward_request_headers(request.headers)
@@ -29,6 +37,8 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     async with upstream.open(
         request.method, request.raw_path, headers, _request_body(request), long_poll
     ) as upstream_response:
+        if upstream_response.status == 401:
+            _forget_token(request)
         response = web.StreamResponse(
             status=upstream_response.status,
             reason=upstream_response.reason,
