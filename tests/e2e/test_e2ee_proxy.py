@@ -44,6 +44,7 @@ class Plain:
         self.timeline: dict[str, list[dict[str, Any]]] = {}
         self.invites: set[str] = set()
         self.to_device: list[dict[str, Any]] = []
+        self.devices_changed: set[str] = set()
 
     @property
     def user_id(self) -> str:
@@ -65,6 +66,7 @@ class Plain:
             self.timeline.setdefault(room_id, []).extend(room.get("timeline", {}).get("events", []))
         self.invites.update(rooms.get("invite", {}))
         self.to_device.extend(answer.get("to_device", {}).get("events", []))
+        self.devices_changed.update(answer.get("device_lists", {}).get("changed", []))
         return answer
 
     async def sync_until(self, predicate: Callable[[], bool], what: str) -> None:

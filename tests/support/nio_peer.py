@@ -40,6 +40,7 @@ from nio import (
     MegolmEvent,
     RoomCreateResponse,
     RoomInviteResponse,
+    RoomLeaveResponse,
     RoomSendResponse,
     SyncResponse,
 )
@@ -275,6 +276,12 @@ class NioPeer:
         log = self._rooms.get(room_id)
         return list(log.pending.values()) if log else []
 
+    def has_room_key(self, room_id: str, session_id: str) -> bool:
+        """Whether the peer holds the inbound Megolm session (by any route: share, forward)."""
+        olm = self.client.olm
+        assert olm is not None
+        return any(s.room_id == room_id and s.id == session_id for s in olm.inbound_group_store)
+
     async def wait_for_bodies(
         self, room_id: str, bodies: Sequence[str], timeout: float = DEFAULT_TIMEOUT
     ) -> list[SeenEvent]:
@@ -351,6 +358,9 @@ class NioPeer:
             timeout,
             f"joined encrypted room {room_id}",
         )
+
+    async def leave(self, room_id: str) -> None:
+        _check(await self.client.room_leave(room_id), RoomLeaveResponse, "leave")
 
     async def wait_for_member(
         self, room_id: str, user_id: str, timeout: float = DEFAULT_TIMEOUT
