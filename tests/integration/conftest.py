@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from e2eproxy.config import Config, ServerConfig
+from e2eproxy.config import Config, EncryptionConfig, ServerConfig
 from e2eproxy.proxy.app import create_app
-from e2eproxy.store import MemoryStore
+from e2eproxy.store import MemoryStore, Store
 from tests.support.stub_homeserver import StubHomeserver, running_stub
 
 StartProxy = Callable[..., Awaitable[str]]
@@ -54,3 +54,46 @@ async def start_proxy(stub: StubHomeserver) -> AsyncIterator[StartProxy]:
 @pytest.fixture
 async def proxy_url(start_proxy: StartProxy) -> str:
     return await start_proxy()
+
+
+@dataclass
+class RunningProxy:
+    """A proxy app served for a test, with the store it uses (the test may share or reopen it)."""
+
+    url: str
+    store: Store
+    server: TestServer
+
+    async def stop(self) -> None:
+        """Shut the app down (workers stopped, leases released); the store stays open."""
+        await self.server.close()
+
+
+StartE2EEProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def start_e2ee_proxy(stub: StubHomeserver) -> AsyncIterator[StartE2EEProxy]:
+    """`await start_e2ee_proxy(store=..., encryption=EncryptionConfig(...), **server_overrides)`
+    serves create_app on an ephemeral port; without `store`, a fresh MemoryStore."""
+    started: list[RunningProxy] = []
+
+    async def start(
+        *,
+        store: Store | None = None,
+        encryption: EncryptionConfig | None = None,
+        **overrides: Any,
+    ) -> RunningProxy:
+        assert stub.base_url is not None
+        server = replace(ServerConfig(name="test", homeserver=stub.base_url), **overrides)
+        config = Config(servers=(server,), encryption=encryption or EncryptionConfig())
+        used = store if store is not None else MemoryStore()
+        test_server = TestServer(create_app(server, config, store=used), host="127.0.0.1")
+        await test_server.start_server()
+        running = RunningProxy(str(test_server.make_url("")).rstrip("/"), used, test_server)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()

@@ -1,0 +1,269 @@
+"""A small plain Matrix client (no E2EE, no SDK) for the integration tests of the proxy.
+
+It talks the client-server API over one aiohttp session to a base URL (the proxy, or the stub
+directly) and keeps its own `since` token. Waits are deadline-bounded: `sync_until` polls with
+short server-side timeouts until a predicate holds or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+V3 = "/_matrix/client/v3"
+V1 = "/_matrix/client/v1"
+_txn = itertools.count(1)
+
+JsonDict = dict[str, Any]
+
+
+class RequestFailed(AssertionError):
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+def q(value: str) -> str:
+    return quote(value, safe="")
+
+
+class PlainClient:
+    def __init__(
+        self, http: aiohttp.ClientSession, base_url: str, access_token: str | None = None
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.access_token = access_token
+        self.user_id = ""
+        self.device_id = ""
+        self.next_batch: str | None = None
+        # Every /sync body this client received, as the client saw it.
+        self.sync_bodies: list[JsonDict] = []
+
+    # -- raw requests ----------------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+        async with self.http.request(
+            method, self.base_url + path, json=body, params=params, headers=headers
+        ) as response:
+            text = await response.text()
+            try:
+                return response.status, json.loads(text) if text else None
+            except ValueError:
+                return response.status, text
+
+    async def call(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+    ) -> Any:
+        status, data = await self.request(method, path, body, params)
+        if status != 200:
+            raise RequestFailed(method, path, status, data)
+        return data
+
+    # -- account ---------------------------------------------------------------------------
+    async def login(
+        self, user: str, password: str = "pw", device_id: str | None = None
+    ) -> JsonDict:
+        body: JsonDict = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+        }
+        if device_id is not None:
+            body["device_id"] = device_id
+        answer: JsonDict = await self.call("POST", f"{V3}/login", body)
+        self.access_token = answer["access_token"]
+        self.user_id = answer["user_id"]
+        self.device_id = answer["device_id"]
+        return answer
+
+    async def logout(self) -> None:
+        await self.call("POST", f"{V3}/logout", {})
+
+    async def whoami(self) -> JsonDict:
+        answer: JsonDict = await self.call("GET", f"{V3}/account/whoami")
+        return answer
+
+    async def keys_query(self, user_id: str) -> JsonDict:
+        answer: JsonDict = await self.call(
+            "POST", f"{V3}/keys/query", {"device_keys": {user_id: []}}
+        )
+        return answer
+
+    async def create_filter(self, definition: JsonDict) -> str:
+        answer = await self.call("POST", f"{V3}/user/{q(self.user_id)}/filter", definition)
+        return str(answer["filter_id"])
+
+    # -- rooms -----------------------------------------------------------------------------
+    async def create_room(self, **body: Any) -> str:
+        answer = await self.call("POST", f"{V3}/createRoom", body)
+        return str(answer["room_id"])
+
+    async def create_encrypted_room(
+        self, invite: list[str] | None = None, **encryption: Any
+    ) -> str:
+        content = {"algorithm": "m.megolm.v1.aes-sha2", **encryption}
+        return await self.create_room(
+            invite=invite or [],
+            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": content}],
+        )
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        await self.call("POST", f"{V3}/rooms/{q(room_id)}/invite", {"user_id": user_id})
+
+    async def join(self, room_id: str) -> None:
+        await self.call("POST", f"{V3}/rooms/{q(room_id)}/join", {})
+
+    async def leave(self, room_id: str) -> None:
+        await self.call("POST", f"{V3}/rooms/{q(room_id)}/leave", {})
+
+    def send_path(self, room_id: str, event_type: str, txn: str) -> str:
+        return f"{V3}/rooms/{q(room_id)}/send/{q(event_type)}/{q(txn)}"
+
+    async def send_raw(
+        self,
+        room_id: str,
+        content: JsonDict,
+        event_type: str = "m.room.message",
+        txn: str | None = None,
+    ) -> tuple[int, Any]:
+        txn = txn or f"plain{next(_txn)}"
+        return await self.request("PUT", self.send_path(room_id, event_type, txn), content)
+
+    async def send(
+        self,
+        room_id: str,
+        content: JsonDict,
+        event_type: str = "m.room.message",
+        txn: str | None = None,
+    ) -> str:
+        status, data = await self.send_raw(room_id, content, event_type, txn)
+        if status != 200:
+            raise RequestFailed("PUT", f"send into {room_id}", status, data)
+        return str(data["event_id"])
+
+    async def send_text(self, room_id: str, text: str, txn: str | None = None) -> str:
+        return await self.send(room_id, {"msgtype": "m.text", "body": text}, txn=txn)
+
+    # -- reading ---------------------------------------------------------------------------
+    async def sync(
+        self, timeout_ms: int = 0, filter_: str | JsonDict | None = None, since: bool = True
+    ) -> JsonDict:
+        params = {"timeout": str(timeout_ms)}
+        if since and self.next_batch:
+            params["since"] = self.next_batch
+        if filter_ is not None:
+            params["filter"] = (
+                filter_ if isinstance(filter_, str) else json.dumps(filter_, separators=(",", ":"))
+            )
+        body: JsonDict = await self.call("GET", f"{V3}/sync", params=params)
+        self.next_batch = body["next_batch"]
+        self.sync_bodies.append(body)
+        return body
+
+    async def sync_until(
+        self,
+        predicate: Callable[[], bool],
+        what: str,
+        deadline_s: float = 8.0,
+        filter_: str | JsonDict | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while not predicate():
+            if loop.time() > end:
+                raise AssertionError(f"{self.user_id}: timed out waiting for {what}")
+            await self.sync(timeout_ms=300, filter_=filter_)
+
+    def timeline(self, room_id: str, section: str = "join") -> list[JsonDict]:
+        """Every timeline event of the room across all syncs so far, in order."""
+        events: list[JsonDict] = []
+        for body in self.sync_bodies:
+            room = body.get("rooms", {}).get(section, {}).get(room_id, {})
+            events.extend(room.get("timeline", {}).get("events", []))
+        return events
+
+    def synced_event(self, room_id: str, event_id: str) -> JsonDict | None:
+        return next((e for e in self.timeline(room_id) if e.get("event_id") == event_id), None)
+
+    async def wait_for_event(
+        self, room_id: str, event_id: str, deadline_s: float = 8.0
+    ) -> JsonDict:
+        await self.sync_until(
+            lambda: self.synced_event(room_id, event_id) is not None,
+            f"{event_id} in {room_id}",
+            deadline_s,
+        )
+        found = self.synced_event(room_id, event_id)
+        assert found is not None
+        return found
+
+    def to_device_events(self) -> list[JsonDict]:
+        return [e for b in self.sync_bodies for e in b.get("to_device", {}).get("events", [])]
+
+    async def messages(self, room_id: str, limit: int = 50, dir_: str = "b") -> list[JsonDict]:
+        body = await self.call(
+            "GET",
+            f"{V3}/rooms/{q(room_id)}/messages",
+            params={"dir": dir_, "limit": str(limit)},
+        )
+        return list(body["chunk"])
+
+    async def context(self, room_id: str, event_id: str, limit: int = 10) -> JsonDict:
+        answer: JsonDict = await self.call(
+            "GET", f"{V3}/rooms/{q(room_id)}/context/{q(event_id)}", params={"limit": str(limit)}
+        )
+        return answer
+
+    async def event(self, room_id: str, event_id: str) -> JsonDict:
+        answer: JsonDict = await self.call("GET", f"{V3}/rooms/{q(room_id)}/event/{q(event_id)}")
+        return answer
+
+    async def relations(self, room_id: str, event_id: str) -> list[JsonDict]:
+        body = await self.call("GET", f"{V1}/rooms/{q(room_id)}/relations/{q(event_id)}")
+        return list(body["chunk"])
+
+
+# -- what the stub homeserver stored --------------------------------------------------------
+MEGOLM = "m.megolm.v1.aes-sha2"
+
+
+def raw_messages(raw_events: list[JsonDict]) -> list[JsonDict]:
+    """The non-state events of a room's raw history (what senders wrote, as stored)."""
+    return [e for e in raw_events if "state_key" not in e]
+
+
+def assert_ciphertext_only(raw_events: list[JsonDict]) -> None:
+    """Every non-state event is a Megolm m.room.encrypted event holding no plaintext body."""
+    for event in raw_messages(raw_events):
+        assert event["type"] == "m.room.encrypted", event
+        content = event["content"]
+        assert content.get("algorithm") == MEGOLM, event
+        assert isinstance(content.get("ciphertext"), str), event
+        assert "body" not in content and "msgtype" not in content, event
+
+
+async def login_all(
+    http: aiohttp.ClientSession, base_url: str, stub: Any, *names: str
+) -> list[PlainClient]:
+    """Register each name on the stub and log it in through `base_url`."""
+    clients = []
+    for name in names:
+        stub.register(name, "pw")
+        client = PlainClient(http, base_url)
+        await client.login(name)
+        clients.append(client)
+    return clients
