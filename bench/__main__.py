@@ -2,9 +2,9 @@
 
 Runs the workloads in one process, interleaving the variants each compares (A B A B ...), and
 prints one table (medians, p90, ratios, targets); the same rows go to the JSON file.
-Workloads: passthrough, send, decrypt, share, state (against the stub homeserver), synapse
-(pass-through against a real Synapse), nio (matrix-nio sharing a room key, the comparison for
-share), engine (the engine alone vs raw vodozemac). ``--profile NAME`` runs one workload with
+Workloads: passthrough, send, decrypt, share (with a matrix-nio client for comparison, unless
+--no-nio), state (against the stub homeserver), synapse (pass-through against a real Synapse),
+engine (the engine alone vs raw vodozemac, and bench_store's save latency). ``--profile NAME`` runs one workload with
 the proxy child under cProfile and prints the top functions.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.common import REPO, Report, machine_info, markdown, table
 
 STUB_WORKLOADS = ("passthrough", "send", "decrypt", "share")
-ALL = (*STUB_WORKLOADS, "state", "synapse", "nio", "engine")
+ALL = (*STUB_WORKLOADS, "state", "synapse", "engine")
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 
 
@@ -34,12 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated workloads out of {','.join(ALL)}")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where results go")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--no-nio", action="store_true", help="skip the matrix-nio comparison")
     parser.add_argument("--profile", metavar="NAME",
                         help="profile the proxy child (cProfile) during workload NAME")
     args = parser.parse_args(argv)
     chosen = args.only.split(",") if args.only else list(ALL)
     if args.quick and not args.only:
-        chosen = [w for w in chosen if w not in ("synapse", "nio")]
+        chosen = [w for w in chosen if w != "synapse"]
     if args.profile:
         chosen = [args.profile]
     unknown = [w for w in chosen if w not in ALL]
@@ -56,6 +57,7 @@ async def run_all(args: argparse.Namespace, report: Report, tmp: Path) -> None:
     if stub_ones:
         async with stub_env(args.quick, tmp, report, profile=args.profile) as env:
             env.record_memory("start")
+            env.state["with_nio"] = not args.no_nio
             for name in stub_ones:
                 await _one(name, env)
             report.extra["proxy_memory_kib"] = env.state.get("proxy_memory", {})
@@ -75,7 +77,7 @@ async def run_all(args: argparse.Namespace, report: Report, tmp: Path) -> None:
 async def _one(name: str, env: object) -> None:
     print(f"[{name}]", flush=True)
     began = time.perf_counter()
-    module = importlib.import_module(f"bench.{'workload_' + name if name == 'nio' else name}")
+    module = importlib.import_module(f"bench.{name}")
     await module.run(env)
     print(f"  ({time.perf_counter() - began:.1f} s)", flush=True)
 

@@ -23,7 +23,7 @@ def encryption_state(**settings: Any) -> dict[str, Any]:
 def make_device(stub: StubHomeserver, user_id: str, device_id: str) -> OlmMachine:
     """A device with keys and one-time keys on the stub; returns its engine."""
     machine = OlmMachine(user_id, device_id, ManualClock(1_700_000_000_000))
-    stub.open_session(user_id, device_id, None)
+    stub.open_session(user_id, device_id, f"bench {device_id}")  # nio needs a display name
     drive(stub, machine)
     return machine
 
