@@ -72,7 +72,7 @@ async def run(env: Env) -> None:
 
     # The first /sync through the proxy delivers the room keys; wait until all decrypt.
     for _ in range(50):
-        _, status, raw = await timed_request(http, "GET", f"{env.proxied}{V3}/sync",
+        _, _status, raw = await timed_request(http, "GET", f"{env.proxied}{V3}/sync",
                                              params=sync_params, headers=auth(token))
         plain, encrypted = _count_plain(json.loads(raw))
         if plain >= EVENTS and encrypted == 0:

@@ -70,7 +70,7 @@ async def stub_env(quick: bool, tmp: Path, report: Report, profile: str | None =
 def print_profile(path: Path, top: int = 35) -> None:
     import pstats
 
-    print(f"\n--- cProfile of the proxy child (by cumulative, then by own time) ---")
+    print("\n--- cProfile of the proxy child (by cumulative, then by own time) ---")
     stats = pstats.Stats(str(path))
     stats.sort_stats("cumulative").print_stats(top)
     stats.sort_stats("tottime").print_stats(top)

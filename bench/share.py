@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
 
 from bench.common import V3, Row, auth, median, p90, timed_request
 from bench.devices import encryption_state, make_device
