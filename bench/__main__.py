@@ -25,6 +25,7 @@ from bench.common import REPO, Report, machine_info, markdown, table
 
 STUB_WORKLOADS = ("passthrough", "send", "decrypt", "share")
 ALL = (*STUB_WORKLOADS, "state", "synapse", "engine")
+MODULES = {"synapse": "synapse_passthrough"}
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 
 
@@ -78,7 +79,7 @@ async def run_all(args: argparse.Namespace, report: Report, tmp: Path) -> None:
 async def _one(name: str, env: object) -> None:
     print(f"[{name}]", flush=True)
     began = time.perf_counter()
-    module = importlib.import_module(f"bench.{name}")
+    module = importlib.import_module(f"bench.{MODULES.get(name, name)}")
     await module.run(env)
     print(f"  ({time.perf_counter() - began:.1f} s)", flush=True)
 

@@ -27,6 +27,8 @@ class Env:
 
     @property
     def direct(self) -> str:
+        if "direct" in self.state:
+            return str(self.state["direct"])
         assert self.stub is not None and self.stub.base_url is not None
         return self.stub.base_url
 
