@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,7 +24,7 @@ from tests.support.plain_client import (
 )
 from tests.support.stub_homeserver import StubHomeserver
 
-JsonDict = dict[str, object]
+JsonDict = dict[str, Any]
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ async def test_history_endpoints_are_decrypted(
     await bob.wait_for_event(room_id, reaction)
     stored = {e["event_id"]: e for e in stub.raw_events(room_id)}
 
-    def plain(event: dict[str, object], body: str) -> None:
+    def plain(event: JsonDict, body: str) -> None:
         assert event["type"] == "m.room.message", event
         assert event["content"] == {"msgtype": "m.text", "body": body}, event
         raw_event = stored[str(event["event_id"])]
@@ -165,10 +166,10 @@ async def test_client_type_filter_still_gets_decrypted_messages(
 ) -> None:
     alice, bob, room_id = await alice_and_bob(stub, session, start_e2ee_proxy)
     event_id = await alice.send_text(room_id, "through the filter")
-    definition = {
+    definition: JsonDict = {
         "room": {"timeline": {"types": ["m.room.message"]}, "state": {"types": ["m.room.message"]}}
     }
-    filter_: str | dict[str, object] = await bob.create_filter(definition) if by_id else definition
+    filter_: str | JsonDict = await bob.create_filter(definition) if by_id else definition
     await bob.sync_until(
         lambda: bob.synced_event(room_id, event_id) is not None,
         "the message through a types filter",

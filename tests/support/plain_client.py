@@ -8,6 +8,7 @@ short server-side timeouts until a predicate holds or the deadline passes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 from collections.abc import Callable
@@ -267,3 +268,36 @@ async def login_all(
         await client.login(name)
         clients.append(client)
     return clients
+
+
+def megolm_message_index(ciphertext: str) -> int:
+    """The message index in a Megolm message: version byte 3, then protobuf field 1 (varint)."""
+    data = base64.b64decode(ciphertext + "=" * (-len(ciphertext) % 4))
+    assert data[0] == 3 and data[1] == 0x08, f"not a Megolm v1 message: {data[:4]!r}"
+    index, shift = 0, 0
+    for byte in data[2:]:
+        index |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return index
+    raise AssertionError("truncated varint in a Megolm message")
+
+
+def to_device_recipients(requests: list[Any], since: int = 0) -> list[tuple[str, str]]:
+    """(user, device) of every message in the stub's recorded /sendToDevice requests."""
+    found: list[tuple[str, str]] = []
+    for request in requests[since:]:
+        if request.method != "PUT" or "/sendToDevice/" not in request.path:
+            continue
+        messages = (request.json or {}).get("messages", {})
+        for user_id, devices in messages.items():
+            found.extend((user_id, device_id) for device_id in devices)
+    return found
+
+
+async def encrypted_room_of(creator: PlainClient, *others: PlainClient, **encryption: Any) -> str:
+    """An encrypted room created by `creator` through its base URL, every other client joined."""
+    room_id = await creator.create_encrypted_room(invite=[c.user_id for c in others], **encryption)
+    for other in others:
+        await other.join(room_id)
+    return room_id

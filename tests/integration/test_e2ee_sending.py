@@ -1,0 +1,266 @@
+"""E2EE through the proxy, the writing side: what goes into an encrypted room is encrypted (and
+nothing else is), it fails closed when the proxy cannot be sure, key shares survive upstream
+faults, transactions are idempotent, sessions rotate by count and when a member leaves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from e2eproxy.config import EncryptionConfig
+from tests.integration.conftest import StartE2EEProxy
+from tests.support.plain_client import (
+    PlainClient,
+    assert_ciphertext_only,
+    encrypted_room_of,
+    login_all,
+    megolm_message_index,
+    raw_messages,
+    to_device_recipients,
+)
+from tests.support.stub_homeserver import StubHomeserver
+
+ENCRYPTION_STATE = {
+    "type": "m.room.encryption",
+    "state_key": "",
+    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as http:
+        yield http
+
+
+async def clients(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start: StartE2EEProxy,
+    *names: str,
+    encryption: EncryptionConfig | None = None,
+) -> list[PlainClient]:
+    proxy = await start(encryption=encryption)
+    return await login_all(session, proxy.url, stub, *names)
+
+
+def sent_events(stub: StubHomeserver, room_id: str) -> list[dict[str, Any]]:
+    return raw_messages(stub.raw_events(room_id))
+
+
+async def test_unknown_room_encryption_state_fails_closed(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    # Keep the proxy's background sync from ever seeing the room: its first /sync waits.
+    stub.faults.add(r"/sync$", method="GET", delay=3.0, times=1)
+    (alice,) = await clients(stub, session, start_e2ee_proxy, "alice")
+    room_id = stub.create_room(alice.user_id, initial_state=[ENCRYPTION_STATE])
+    broken = stub.faults.add(r"/state/m\.room\.encryption", method="GET", status=500)
+    status, body = await alice.send_raw(room_id, {"msgtype": "m.text", "body": "secret"})
+    assert status >= 400, body
+    assert isinstance(body, dict) and body.get("errcode"), body
+    assert broken.hits >= 1, "the proxy never asked the server whether the room is encrypted"
+    assert sent_events(stub, room_id) == []
+    # Once the server answers, the same send goes out encrypted.
+    stub.faults.remove(broken)
+    await alice.send_text(room_id, "secret")
+    assert_ciphertext_only(stub.raw_events(room_id))
+    assert len(sent_events(stub, room_id)) == 1
+
+
+async def test_key_share_failure_sends_nothing_and_the_retry_succeeds(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    fault = stub.faults.add(r"/sendToDevice/", method="PUT", status=500)
+    content = {"msgtype": "m.text", "body": "after the outage"}
+    status, body = await alice.send_raw(room_id, content, txn="txn-outage")
+    assert status >= 400, body
+    assert isinstance(body, dict) and body.get("errcode"), body
+    assert fault.hits >= 2, "the proxy did not retry the to-device batch"
+    assert sent_events(stub, room_id) == []
+    stub.faults.remove(fault)
+    event_id = await alice.send(room_id, content, txn="txn-outage")
+    (stored,) = sent_events(stub, room_id)
+    assert stored["event_id"] == event_id
+    assert_ciphertext_only(stub.raw_events(room_id))
+    seen = await bob.wait_for_event(room_id, event_id)
+    assert seen["type"] == "m.room.message" and seen["content"] == content
+
+
+async def test_same_txn_twice_is_one_event_encrypted_once(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    content = {"msgtype": "m.text", "body": "once"}
+    first = await alice.send(room_id, content, txn="txn-same")
+    second = await alice.send(room_id, content, txn="txn-same")
+    assert first == second
+    (stored,) = sent_events(stub, room_id)
+    assert stored["event_id"] == first
+    assert megolm_message_index(stored["content"]["ciphertext"]) == 0
+    # The retry did not encrypt again: the next message uses the next index of the session.
+    await alice.send_text(room_id, "next")
+    later = sent_events(stub, room_id)[-1]["content"]
+    assert later["session_id"] == stored["content"]["session_id"]
+    assert megolm_message_index(later["ciphertext"]) == 1
+    seen = await bob.wait_for_event(room_id, first)
+    assert seen["content"] == content
+
+
+async def test_created_encrypted_room_first_message_reaches_the_invitee(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await alice.create_room(invite=[bob.user_id], initial_state=[ENCRYPTION_STATE])
+    # No /sync in between: the proxy knows from createRoom that the room is encrypted.
+    event_id = await alice.send_text(room_id, "first words")
+    assert_ciphertext_only(stub.raw_events(room_id))
+    assert (bob.user_id, bob.device_id) in to_device_recipients(stub.requests)
+    await bob.join(room_id)
+    seen = await bob.wait_for_event(room_id, event_id)
+    assert seen["type"] == "m.room.message"
+    assert seen["content"] == {"msgtype": "m.text", "body": "first words"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"msgtype": "m.file", "body": "plan.pdf", "url": "mxc://stub.test/plainfile"},
+        {
+            "msgtype": "m.image",
+            "body": "cat.png",
+            "file": {"url": "mxc://stub.test/encrypted", "v": "v2"},
+            "info": {"thumbnail_url": "mxc://stub.test/plainthumb"},
+        },
+    ],
+    ids=["url", "thumbnail_url"],
+)
+async def test_plaintext_file_into_encrypted_room_is_refused(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    content: dict[str, Any],
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    status, body = await alice.send_raw(room_id, content)
+    assert 400 <= status < 500, body
+    assert isinstance(body, dict) and body.get("errcode"), body
+    assert "unencrypted" in body.get("error", "").lower(), body
+    assert sent_events(stub, room_id) == []
+
+
+async def test_reactions_edits_replies_and_threads_are_encrypted_with_cleartext_relation(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    original = await alice.send_text(room_id, "original")
+    relations = {
+        "m.reaction": {"rel_type": "m.annotation", "event_id": original, "key": "👍"},
+        "edit": {"rel_type": "m.replace", "event_id": original},
+        "reply": {"m.in_reply_to": {"event_id": original}},
+        "thread": {
+            "rel_type": "m.thread",
+            "event_id": original,
+            "is_falling_back": True,
+            "m.in_reply_to": {"event_id": original},
+        },
+    }
+    sent: dict[str, tuple[str, dict[str, Any]]] = {}
+    for kind, relation in relations.items():
+        event_type = "m.reaction" if kind == "m.reaction" else "m.room.message"
+        content: dict[str, Any] = {"m.relates_to": relation}
+        if kind != "m.reaction":
+            content.update({"msgtype": "m.text", "body": f"{kind} text"})
+        if kind == "edit":
+            content["m.new_content"] = {"msgtype": "m.text", "body": "edited"}
+        event_id = await alice.send(room_id, content, event_type=event_type)
+        sent[event_id] = (event_type, content)
+    raw = {e["event_id"]: e for e in stub.raw_events(room_id)}
+    assert_ciphertext_only(list(raw.values()))
+    for event_id, (_, content) in sent.items():
+        assert raw[event_id]["content"]["m.relates_to"] == content["m.relates_to"], event_id
+        assert "body" not in raw[event_id]["content"]
+    for event_id, (event_type, content) in sent.items():
+        seen = await bob.wait_for_event(room_id, event_id)
+        assert seen["type"] == event_type, seen
+        assert seen["content"] == content, seen
+
+
+async def test_unencrypted_room_send_goes_out_unchanged(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await alice.create_room(invite=[bob.user_id])
+    await bob.join(room_id)
+    content = {"msgtype": "m.text", "body": "in the clear", "x.custom": {"n": [1, 2]}}
+    event_id = await alice.send(room_id, content, event_type="org.example.note")
+    (stored,) = sent_events(stub, room_id)
+    assert stored["event_id"] == event_id
+    assert stored["type"] == "org.example.note" and stored["content"] == content
+    assert to_device_recipients(stub.requests) == []
+    seen = await bob.wait_for_event(room_id, event_id)
+    assert seen["type"] == "org.example.note" and seen["content"] == content
+
+
+async def test_rotation_period_msgs_gives_a_new_session_every_two_messages(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob, rotation_period_msgs=2)
+    event_ids = [await alice.send_text(room_id, f"m{i}") for i in range(5)]
+    stored = sent_events(stub, room_id)
+    assert [e["event_id"] for e in stored] == event_ids
+    sessions = [e["content"]["session_id"] for e in stored]
+    assert sessions[0] == sessions[1] and sessions[2] == sessions[3], sessions
+    assert len({sessions[0], sessions[2], sessions[4]}) == 3, sessions
+    indices = [megolm_message_index(e["content"]["ciphertext"]) for e in stored]
+    assert indices == [0, 1, 0, 1, 0]
+    history = {e["event_id"]: e for e in await bob.messages(room_id)}
+    for i, event_id in enumerate(event_ids):
+        await bob.wait_for_event(room_id, event_id)
+        assert history[event_id]["content"]["body"] == f"m{i}"
+
+
+@pytest.mark.parametrize("where", ["proxy", "stub"])
+async def test_member_who_left_gets_no_key_for_later_messages(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    where: str,
+) -> None:
+    alice, bob, carol = await clients(stub, session, start_e2ee_proxy, "alice", "bob", "carol")
+    room_id = await encrypted_room_of(alice, bob, carol)
+    before = await alice.send_text(room_id, "everyone")
+    carol_device = (carol.user_id, carol.device_id)
+    assert carol_device in to_device_recipients(stub.requests)
+    if where == "proxy":
+        await carol.leave(room_id)
+    else:
+        stub.room_ops.leave(stub.room(room_id), carol.user_id)
+        # Alice's proxy learns it from her sync.
+        await alice.sync_until(
+            lambda: any(
+                e["type"] == "m.room.member"
+                and e["state_key"] == carol.user_id
+                and e["content"]["membership"] == "leave"
+                for e in alice.timeline(room_id)
+            ),
+            "Carol's leave",
+        )
+    mark = len(stub.requests)
+    after = await alice.send_text(room_id, "without carol")
+    stored = {e["event_id"]: e["content"] for e in sent_events(stub, room_id)}
+    assert stored[after]["session_id"] != stored[before]["session_id"], "no rotation on leave"
+    recipients = to_device_recipients(stub.requests, mark)
+    assert (bob.user_id, bob.device_id) in recipients
+    assert carol_device not in recipients
+    seen = await bob.wait_for_event(room_id, after)
+    assert seen["content"]["body"] == "without carol"
