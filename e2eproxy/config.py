@@ -77,6 +77,8 @@ class EncryptionConfig:
     missing_key_wait: float = 3.0
     # "notice": undecryptable events become a visible m.notice; "raw": pass m.room.encrypted.
     undecryptable: str = "notice"
+    # Seconds an upload waits for an event to refer to it before it is forgotten.
+    pending_upload_ttl: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,7 @@ def _encryption(data: Any, source: str) -> EncryptionConfig:
         share_strategy=table.choice("share_strategy", SHARE_STRATEGIES, "all"),
         missing_key_wait=float(table.get("missing_key_wait", (int, float), 3.0)),
         undecryptable=table.choice("undecryptable", UNDECRYPTABLE_MODES, "notice"),
+        pending_upload_ttl=table.positive("pending_upload_ttl", 86400.0),
     )
     if encryption.missing_key_wait < 0:
         raise ConfigError(f"{source}: encryption.missing_key_wait: must not be negative")

@@ -10,7 +10,8 @@ from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.proxy.accounts import AccountRegistry
-from e2eproxy.proxy.keys import CONFIG, REGISTRY, SERVER, UPSTREAM
+from e2eproxy.proxy.keys import CONFIG, MEDIA, REGISTRY, SERVER, UPSTREAM
+from e2eproxy.proxy.media import MediaService, MediaSpool
 from e2eproxy.proxy.middleware import add_cors_headers, errors_middleware, request_log_middleware
 from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.upstream import Upstream
@@ -52,6 +53,9 @@ def create_app(
             upstream, opened, clock or SystemClock(), STRATEGIES[config.encryption.share_strategy]
         )
         app[REGISTRY] = registry
+        spool = MediaSpool(config.store.data_dir / "media")
+        spool.prepare()
+        app[MEDIA] = MediaService(spool, config.encryption.pending_upload_ttl)
         await registry.load_stored()
         yield
         await registry.close()

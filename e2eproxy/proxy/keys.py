@@ -11,8 +11,10 @@ from e2eproxy.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from e2eproxy.proxy.accounts import AccountRegistry
+    from e2eproxy.proxy.media import MediaService
 
 CONFIG = web.AppKey("config", Config)
 SERVER = web.AppKey("server", ServerConfig)
 UPSTREAM = web.AppKey("upstream", Upstream)
 REGISTRY: web.AppKey[AccountRegistry] = web.AppKey("registry")
+MEDIA: web.AppKey[MediaService] = web.AppKey("media")

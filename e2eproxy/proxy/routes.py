@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from e2eproxy.proxy.handlers import login, send, sync, timeline
+from e2eproxy.proxy.handlers import login, media, send, sync, timeline
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.handlers.wellknown import well_known_client
 
@@ -14,6 +14,8 @@ CLIENT = "/_matrix/client/{version:(?:r0|v3)}"
 CLIENT_V1 = "/_matrix/client/{version:(?:r0|v3|v1)}"
 ROOM = CLIENT + "/rooms/{room}"
 ROOM_V1 = CLIENT_V1 + "/rooms/{room}"
+LEGACY_MEDIA = "/_matrix/media/{version:(?:r0|v3|v1)}"
+AUTH_MEDIA = "/_matrix/client/{version:v1}/media"
 
 
 def add_routes(app: web.Application) -> None:
@@ -27,6 +29,14 @@ def add_routes(app: web.Application) -> None:
     router.add_post(CLIENT + "/createRoom", send.create_room)
     for action in ("invite", "kick", "ban", "unban", "join", "leave"):
         router.add_post(ROOM + "/" + action, send.membership)
+    router.add_put(ROOM + "/state/{type}/{key:.*}", send.publish_then_forward)
+    router.add_put(CLIENT + "/profile/{user}/avatar_url", send.publish_then_forward)
+    router.add_put(CLIENT + "/profile/{user}/{field}", send.publish_then_forward)
+    router.add_post(LEGACY_MEDIA + "/upload", media.upload)
+    for base in (AUTH_MEDIA, LEGACY_MEDIA):
+        item = base + "/{kind:(?:download|thumbnail)}/{server}/{media_id}"
+        router.add_get(item, media.download)
+        router.add_get(item + "/{filename}", media.download)
     router.add_get(ROOM + "/messages", timeline.messages)
     router.add_get(ROOM + "/context/{event}", timeline.context)
     router.add_get(ROOM + "/event/{event}", timeline.event)

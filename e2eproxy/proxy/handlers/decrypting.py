@@ -10,7 +10,8 @@ from e2eproxy.crypto.results import DecryptionFailure, FailureReason
 from e2eproxy.protocol.rewrite import Slot, undecryptable_notice
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.engine_io import decrypt_slots
-from e2eproxy.proxy.keys import CONFIG
+from e2eproxy.proxy.keys import CONFIG, MEDIA
+from e2eproxy.proxy.media import expose_urls, media_of_event
 
 # A key for an event older than this is not "on its way" any more: do not hold a /sync for it.
 RECENT_MS = 5 * 60 * 1000
@@ -45,9 +46,17 @@ async def decrypt_in_place(
     encryption = request.app[CONFIG].encryption
     wait_s = encryption.missing_key_wait if wait else 0.0
     results = await decrypt_slots(account, slots, wait_s, _recent)
+    media = request.app[MEDIA].of(account)
     for slot, result in zip(slots, results, strict=True):
         if isinstance(result, DecryptionFailure):
             if encryption.undecryptable == "notice":
                 slot.replace(undecryptable_notice(slot.event, failure_text(result)))
-        else:
-            slot.replace(result.event)
+            continue
+        content = result.event.get("content")
+        if isinstance(content, dict) and ("file" in content or "info" in content):
+            # Remember the file keys so downloads through the proxy decrypt, and show the
+            # plain client the urls it understands.
+            for mxc, known in media_of_event(content):
+                await media.add_known(mxc, known)
+            expose_urls(content)
+        slot.replace(result.event)

@@ -21,15 +21,12 @@ from e2eproxy.proxy.engine_io import call, share_room_key
 from e2eproxy.proxy.handlers.common import forward_for_json, refuse, respond, token_info
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.media_refs import encrypt_references, publish_plain_references
 from e2eproxy.proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 V3 = "/_matrix/client/v3"
-PLAINTEXT_FILE = (
-    "e2eproxy cannot send this file into an encrypted room yet: it was uploaded unencrypted, and "
-    "sending it would leak it to the server. Nothing was sent."
-)
 
 
 def _server_error(status: int, body: Any, fallback: str) -> MatrixError:
@@ -88,10 +85,8 @@ async def room_members(upstream: Upstream, account: Account, room_id: str) -> li
     return members
 
 
-def _plaintext_media(content: dict[str, Any]) -> bool:
-    info = content.get("info")
-    urls = [content.get("url"), info.get("thumbnail_url") if isinstance(info, dict) else None]
-    return any(isinstance(u, str) and u.startswith("mxc://") for u in urls)
+def _encode(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _encrypt(
@@ -164,10 +159,12 @@ async def send(request: web.Request) -> web.StreamResponse:
         # Encrypted before a crash or a failed send: send the same ciphertext again.
         return await _send_encrypted(request, account, room_id, txn, stored["content"], txn_key)
     if not await room_is_encrypted(upstream, account, room_id):
-        answer = await forward_for_json(request, body=raw)
+        plain = await publish_plain_references(request, account, content)
+        answer = await forward_for_json(
+            request, body=_encode(plain) if plain is not content else raw
+        )
         return respond(answer)
-    if _plaintext_media(content):
-        raise MatrixError(400, "M_FORBIDDEN", PLAINTEXT_FILE)
+    content = await encrypt_references(request, account, content)
     encrypted = await _encrypt(upstream, account, room_id, event_type, content, txn_key)
     return await _send_encrypted(request, account, room_id, txn, encrypted, txn_key)
 
@@ -196,11 +193,20 @@ def _token(request: web.Request) -> str | None:
 async def create_room(request: web.Request) -> web.StreamResponse:
     """Learn at once that a new room is encrypted, and query the invitees' devices early."""
     raw = await request.read()
+    info = await token_info(request)
+    if info is not None and info.account is not None and raw:
+        try:
+            spec_in = json.loads(raw)
+        except ValueError:
+            spec_in = None
+        if spec_in is not None:
+            published = await publish_plain_references(request, info.account, spec_in)
+            if published is not spec_in:
+                raw = _encode(published)
     answer = await forward_for_json(request, body=raw)
     if answer.status != 200 or not isinstance(answer.data, dict):
         return respond(answer)
     room_id = answer.data.get("room_id")
-    info = await token_info(request)
     try:
         spec = json.loads(raw) if raw else {}
     except ValueError:
@@ -245,3 +251,18 @@ async def membership(request: web.Request) -> web.StreamResponse:
         for account in request.app[REGISTRY].accounts.values():
             account.members_changed(room_id)
     return response
+
+
+async def publish_then_forward(request: web.Request) -> web.StreamResponse:
+    """State events and profile changes: uploads they name go up in plaintext first."""
+    info = await token_info(request)
+    raw = await request.read()
+    if info is None or info.account is None or not raw:
+        return respond(await forward_for_json(request, body=raw))
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return respond(await forward_for_json(request, body=raw))
+    published = await publish_plain_references(request, info.account, data)
+    body = raw if published is data else _encode(published)
+    return respond(await forward_for_json(request, body=body))

@@ -1,0 +1,236 @@
+"""Media up and down: uploads wait here until an event says where they go; downloads of
+encrypted media are fetched, checked against their hash, and served decrypted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+
+from e2eproxy.errors import MatrixError, UpstreamError
+from e2eproxy.protocol.attachments import (
+    AttachmentError,
+    Decryptor,
+    HashCheck,
+    parse_encrypted_file,
+)
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.accounts import token_of
+from e2eproxy.proxy.engine_io import call
+from e2eproxy.proxy.handlers.common import token_info
+from e2eproxy.proxy.handlers.passthrough import passthrough
+from e2eproxy.proxy.keys import MEDIA, UPSTREAM
+from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
+
+UPLOAD_ATTEMPTS = 3
+INLINE_TYPES = ("image/", "video/", "audio/", "text/plain")
+# As the homeserver does for media: nothing served here may run as a page.
+MEDIA_CSP = (
+    "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; "
+    "style-src 'unsafe-inline'; media-src 'self'; object-src 'self';"
+)
+
+
+def _server_error(status: int, body: Any, what: str) -> MatrixError:
+    if isinstance(body, dict) and isinstance(body.get("errcode"), str):
+        return MatrixError(status, body["errcode"], str(body.get("error", what)))
+    return MatrixError(502, "M_UNKNOWN", what)
+
+
+async def _reserve(request: web.Request, account: Account) -> tuple[str, bool]:
+    """A media id from the server (asynchronous upload), or one of ours when it has none."""
+    status, body = await call(
+        request.app[UPSTREAM], account, "POST", "/_matrix/media/v1/create", {}
+    )
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("content_uri"), str):
+        return body["content_uri"], False
+    unsupported = status in (404, 405) or (
+        isinstance(body, dict) and body.get("errcode") == "M_UNRECOGNIZED"
+    )
+    if not unsupported:
+        raise _server_error(status, body, "The homeserver refused to reserve a media id")
+    server_name = account.user_id.split(":", 1)[1]
+    return f"mxc://{server_name}/e2eproxy_{secrets.token_hex(12)}", True
+
+
+async def upload(request: web.Request) -> web.StreamResponse:
+    info = await token_info(request)
+    if info is None or info.account is None:
+        return await passthrough(request)
+    account = info.account
+    service = request.app[MEDIA]
+    mxc, placeholder = await _reserve(request, account)
+    name, key, size = await service.spool.write(request.content.iter_chunked(CHUNK))
+    pending = PendingUpload(
+        mxc=mxc,
+        spool_name=name,
+        key=_b64(key.key),
+        iv=_b64(key.iv),
+        sha256=_b64(key.sha256),
+        content_type=request.headers.get("Content-Type", "application/octet-stream"),
+        filename=request.query.get("filename"),
+        size=size,
+        expires_ms=int((time.time() + service.upload_ttl_s) * 1000),
+        placeholder=placeholder,
+    )
+    await service.of(account).add_pending(pending)
+    return web.json_response({"content_uri": mxc})
+
+
+async def publish(
+    request: web.Request, account: Account, pending: PendingUpload, encrypted: bool
+) -> str:
+    """Send a held upload to the server, as ciphertext or plaintext; returns its final mxc."""
+    service = request.app[MEDIA]
+    media_id = pending.mxc.removeprefix("mxc://")
+    if pending.placeholder:
+        query = f"?filename={quote(pending.filename)}" if pending.filename and not encrypted else ""
+        method, path = "POST", f"/_matrix/media/v3/upload{query}"
+    else:
+        method, path = "PUT", f"/_matrix/media/v3/upload/{media_id}"
+    headers = {
+        "Authorization": f"Bearer {account.access_token}",
+        "Content-Type": "application/octet-stream" if encrypted else pending.content_type,
+        "Content-Length": str(pending.size),
+    }
+    for attempt in range(UPLOAD_ATTEMPTS):
+        body = service.spool.read(pending.spool_name, None if encrypted else pending.file_key)
+        try:
+            async with request.app[UPSTREAM].open(method, path, headers, body) as response:
+                status = response.status
+                data = _json(await response.read())
+        except UpstreamError:
+            if attempt == UPLOAD_ATTEMPTS - 1:
+                raise
+            continue
+        if status == 200:
+            uri = data.get("content_uri") if isinstance(data, dict) else None
+            return uri if pending.placeholder and isinstance(uri, str) else pending.mxc
+        if status < 500 and status != 429:
+            break
+    raise _server_error(status, data, "The homeserver refused the file; nothing was sent")
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    info = await token_info(request)
+    if info is None or info.account is None:
+        return await passthrough(request)
+    account = info.account
+    media = request.app[MEDIA].of(account)
+    mxc = f"mxc://{request.match_info['server']}/{request.match_info['media_id']}"
+    pending = await media.get_pending(mxc)
+    if pending is not None:
+        source = request.app[MEDIA].spool.read(pending.spool_name, pending.file_key)
+        return await _serve(
+            request,
+            source,
+            pending.size,
+            pending.content_type,
+            request.match_info.get("filename") or pending.filename,
+        )
+    known = await media.known(mxc)
+    if known is None:
+        return await passthrough(request)
+    if request.match_info["kind"] == "thumbnail" and known.thumbnail:
+        known = await media.known(known.thumbnail) or known
+    return await _serve_encrypted(request, known)
+
+
+async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.StreamResponse:
+    try:
+        url, key = parse_encrypted_file(known.file)
+    except AttachmentError as exc:
+        raise MatrixError(502, "M_UNKNOWN", f"Cannot decrypt this file: {exc}") from exc
+    spool = request.app[MEDIA].spool
+    name = spool.new_name()
+    check = HashCheck(key)
+    size = await _fetch_ciphertext(request, url, spool.path(name), check.update)
+    try:
+        if not check.ok():
+            raise MatrixError(
+                502, "M_UNKNOWN", "The file failed its integrity check (sha256); it was not served"
+            )
+        decryptor = Decryptor(key)
+
+        async def plaintext() -> AsyncIterator[bytes]:
+            async for chunk in spool.read(name):
+                yield decryptor.update(chunk)
+
+        filename = request.match_info.get("filename") or known.filename
+        return await _serve(
+            request, plaintext(), size, known.mimetype or "application/octet-stream", filename
+        )
+    finally:
+        spool.remove(name)
+
+
+async def _fetch_ciphertext(
+    request: web.Request, url: str, target: Any, on_chunk: Callable[[bytes], None]
+) -> int:
+    """Download the ciphertext to a file in the spool, hashing it on the way."""
+    media_id = url.removeprefix("mxc://")
+    headers = {"Authorization": f"Bearer {token_of(request) or ''}"}
+    upstream = request.app[UPSTREAM]
+    for path in (
+        f"/_matrix/client/v1/media/download/{media_id}",
+        f"/_matrix/media/v3/download/{media_id}",
+    ):
+        async with upstream.open("GET", path, headers) as response:
+            if response.status == 404 and path.startswith("/_matrix/client/v1"):
+                body = await response.read()
+                if b"M_UNRECOGNIZED" in body:
+                    continue  # no authenticated media on this server: try the legacy API
+                raise _server_error(404, _json(body), "The file is not on the server")
+            if response.status != 200:
+                raise _server_error(
+                    response.status,
+                    _json(await response.read()),
+                    "The homeserver could not serve the file",
+                )
+            size = 0
+            try:
+                with open(target, "wb") as handle:
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        on_chunk(chunk)
+                        handle.write(chunk)
+                        size += len(chunk)
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(502, "The homeserver broke off the file download") from exc
+            return size
+    raise MatrixError(404, "M_NOT_FOUND", "The file is not on the server")
+
+
+def _json(body: bytes) -> Any:
+    with contextlib.suppress(ValueError):
+        return json.loads(body)
+    return None
+
+
+async def _serve(
+    request: web.Request,
+    source: AsyncIterator[bytes],
+    size: int,
+    content_type: str,
+    filename: str | None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=200)
+    response.content_type = content_type
+    response.content_length = size
+    disposition = "inline" if content_type.startswith(INLINE_TYPES) else "attachment"
+    if filename:
+        disposition += f"; filename*=utf-8''{quote(filename, safe='')}"
+    response.headers["Content-Disposition"] = disposition
+    response.headers["Content-Security-Policy"] = MEDIA_CSP
+    response.headers["Cache-Control"] = "private, max-age=0"
+    await response.prepare(request)
+    async for chunk in source:
+        await response.write(chunk)
+    await response.write_eof()
+    return response

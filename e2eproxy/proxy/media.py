@@ -1,0 +1,250 @@
+"""Media of one account: uploads held back until we know where they go, and the keys of the
+encrypted files its events refer to.
+
+An upload is reserved on the server (`/_matrix/media/v1/create`) but its bytes stay here,
+encrypted on arrival with a fresh attachment key (the spool file is ciphertext; its key lives only
+in the encrypted store). When an event refers to it, the bytes go up encrypted (encrypted room) or
+decrypted (anything else), so nothing reaches the server before we know which it must be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from e2eproxy.protocol.attachments import Decryptor, Encryptor, FileKey, parse_encrypted_file
+from e2eproxy.proxy.account import Account
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+PENDING_SECRET = "pending_uploads"
+KNOWN_PREFIX = "media:"
+KNOWN_CACHE = 2_000
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class PendingUpload:
+    """An upload the client made that has not gone to the server yet."""
+
+    mxc: str
+    spool_name: str
+    key: str
+    iv: str
+    sha256: str
+    content_type: str
+    filename: str | None
+    size: int
+    expires_ms: int
+    # No asynchronous uploads on this server: `mxc` is ours, the real one comes at send time.
+    placeholder: bool = False
+
+    @property
+    def file_key(self) -> FileKey:
+        return FileKey(
+            base64.b64decode(self.key), base64.b64decode(self.iv), base64.b64decode(self.sha256)
+        )
+
+
+@dataclass
+class KnownMedia:
+    """An encrypted file (or thumbnail) an event of this account referred to."""
+
+    file: dict[str, Any]
+    mimetype: str | None = None
+    filename: str | None = None
+    thumbnail: str | None = None
+
+
+class MediaSpool:
+    """Files on disk under the data dir; every byte in them is ciphertext."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def new_name(self) -> str:
+        return secrets.token_hex(16)
+
+    async def write(self, stream: AsyncIterator[bytes]) -> tuple[str, FileKey, int]:
+        """Encrypt `stream` into a new spool file; returns its name, key and plaintext size."""
+        name = self.new_name()
+        encryptor = Encryptor()
+        size = 0
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                async for chunk in stream:
+                    size += len(chunk)
+                    handle.write(encryptor.update(chunk))
+        except BaseException:
+            self.remove(name)
+            raise
+        return name, encryptor.finish(), size
+
+    async def read(self, name: str, file_key: FileKey | None = None) -> AsyncIterator[bytes]:
+        """The spool file's bytes: ciphertext, or plaintext when given its key."""
+        decryptor = Decryptor(file_key) if file_key is not None else None
+        with self.path(name).open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield decryptor.update(chunk) if decryptor else chunk
+                await asyncio.sleep(0)
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(name).unlink()
+
+
+class AccountMedia:
+    """The pending uploads and known encrypted media of one account, kept in its store."""
+
+    def __init__(self, account: Account, spool: MediaSpool) -> None:
+        self.account = account
+        self.spool = spool
+        self._pending: dict[str, PendingUpload] | None = None
+        self._known: OrderedDict[str, KnownMedia | None] = OrderedDict()
+
+    async def pending(self) -> dict[str, PendingUpload]:
+        if self._pending is None:
+            raw = await self.account.store.get_secret(self.account.key, PENDING_SECRET)
+            items = json.loads(raw) if raw else {}
+            self._pending = {mxc: PendingUpload(**item) for mxc, item in items.items()}
+        return self._pending
+
+    async def _save_pending(self) -> None:
+        items = {mxc: asdict(item) for mxc, item in (await self.pending()).items()}
+        await self.account.store.put_secret(self.account.key, PENDING_SECRET, json.dumps(items))
+
+    async def add_pending(self, upload: PendingUpload) -> None:
+        (await self.pending())[upload.mxc] = upload
+        await self._save_pending()
+
+    async def get_pending(self, mxc: str) -> PendingUpload | None:
+        return (await self.pending()).get(mxc)
+
+    async def drop_pending(self, mxc: str) -> None:
+        upload = (await self.pending()).pop(mxc, None)
+        if upload is not None:
+            await self._save_pending()
+            self.spool.remove(upload.spool_name)
+
+    async def expire(self, now_ms: int | None = None) -> int:
+        """Forget uploads no event referred to in time; returns how many."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        expired = [m for m, u in (await self.pending()).items() if u.expires_ms <= now_ms]
+        for mxc in expired:
+            await self.drop_pending(mxc)
+        return len(expired)
+
+    async def known(self, mxc: str) -> KnownMedia | None:
+        if mxc in self._known:
+            self._known.move_to_end(mxc)
+            return self._known[mxc]
+        raw = await self.account.store.get_secret(self.account.key, KNOWN_PREFIX + mxc)
+        media = KnownMedia(**json.loads(raw)) if raw else None
+        self._remember(mxc, media)
+        return media
+
+    def _remember(self, mxc: str, media: KnownMedia | None) -> None:
+        self._known[mxc] = media
+        self._known.move_to_end(mxc)
+        while len(self._known) > KNOWN_CACHE:
+            self._known.popitem(last=False)
+
+    async def add_known(self, mxc: str, media: KnownMedia) -> None:
+        if self._known.get(mxc) == media:
+            return
+        if await self.known(mxc) == media:
+            return
+        await self.account.store.put_secret(
+            self.account.key, KNOWN_PREFIX + mxc, json.dumps(asdict(media))
+        )
+        self._remember(mxc, media)
+
+
+def media_of_event(content: dict[str, Any]) -> list[tuple[str, KnownMedia]]:
+    """The encrypted files a decrypted event's content refers to (file and thumbnail)."""
+    found: list[tuple[str, KnownMedia]] = []
+    raw_info = content.get("info")
+    info: dict[str, Any] = raw_info if isinstance(raw_info, dict) else {}
+    thumbnail_url = None
+    thumb = info.get("thumbnail_file")
+    if isinstance(thumb, dict):
+        try:
+            thumbnail_url, _ = parse_encrypted_file(thumb)
+        except ValueError:
+            thumbnail_url = None
+        else:
+            thumb_info = info.get("thumbnail_info")
+            mimetype = thumb_info.get("mimetype") if isinstance(thumb_info, dict) else None
+            found.append((thumbnail_url, KnownMedia(thumb, mimetype)))
+    file = content.get("file")
+    if isinstance(file, dict):
+        try:
+            url, _ = parse_encrypted_file(file)
+        except ValueError:
+            return found
+        filename = content.get("filename") or content.get("body")
+        found.append(
+            (
+                url,
+                KnownMedia(
+                    file,
+                    info.get("mimetype") if isinstance(info.get("mimetype"), str) else None,
+                    filename if isinstance(filename, str) else None,
+                    thumbnail_url,
+                ),
+            )
+        )
+    return found
+
+
+def expose_urls(content: dict[str, Any]) -> None:
+    """A plain client knows `url` and `thumbnail_url`, not `file`: point them at the encrypted
+    media, which the proxy decrypts on download."""
+    file = content.get("file")
+    if isinstance(file, dict) and isinstance(file.get("url"), str) and "url" not in content:
+        content["url"] = file["url"]
+    info = content.get("info")
+    thumb = info.get("thumbnail_file") if isinstance(info, dict) else None
+    if isinstance(thumb, dict) and isinstance(thumb.get("url"), str):
+        assert isinstance(info, dict)
+        info.setdefault("thumbnail_url", thumb["url"])
+
+
+class MediaService:
+    """The spool and each account's media records (one per app)."""
+
+    def __init__(self, spool: MediaSpool, upload_ttl_s: float) -> None:
+        self.spool = spool
+        self.upload_ttl_s = upload_ttl_s
+        self._accounts: dict[Any, AccountMedia] = {}
+
+    def of(self, account: Account) -> AccountMedia:
+        media = self._accounts.get(account.key)
+        if media is None or media.account is not account:
+            media = self._accounts[account.key] = AccountMedia(account, self.spool)
+        return media
+
+    def forget(self, account: Account) -> None:
+        self._accounts.pop(account.key, None)
