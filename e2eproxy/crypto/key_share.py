@@ -59,9 +59,12 @@ class KeySharer:
         users = sorted(set(members) | {self._account.user_id})
         self._devices.track(users)
         now = self._clock.now_ms()
+        # A user whose first query is still in flight (sent by the background worker) is asked
+        # again here rather than skipped: skipping would share the key with none of their
+        # devices. The duplicate answer is harmless (sequence numbers guard the dirty flags).
         never = [
             u for u in users
-            if u not in self._devices.queried and not self._devices.is_in_flight(u)
+            if u not in self._devices.queried
             and not self._devices.server_failures.is_failing(server_of(u), now)
         ]
         if never:

@@ -1,0 +1,30 @@
+"""Sharing must not skip a member whose first /keys/query is still in flight elsewhere."""
+
+from __future__ import annotations
+
+from e2eproxy.crypto.clock import ManualClock
+from e2eproxy.crypto.machine import OlmMachine
+from e2eproxy.protocol.api import RequestKind
+
+ROOM = "!room:example.org"
+ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+
+
+def test_share_queries_a_member_whose_first_query_is_in_flight() -> None:
+    bob = OlmMachine(BOB, "BOBDEVICE", ManualClock())
+    bob.update_room_encryption(ROOM, {"algorithm": "m.megolm.v1.aes-sha2"})
+    bob.update_room_members(ROOM, {ALICE: "join", BOB: "join"})
+    # The background worker takes the query for Alice and has not had an answer yet.
+    in_flight = [r for r in bob.outgoing_requests() if r.kind is RequestKind.KEYS_QUERY]
+    assert any(ALICE in r.body["device_keys"] for r in in_flight)
+    step = bob.share_room_key(ROOM, [ALICE, BOB])
+    assert [r.kind for r in step] == [RequestKind.KEYS_QUERY]
+    assert ALICE in step[0].body["device_keys"]
+    # No session may be shared (and so no message encrypted) before Alice's devices are known.
+    try:
+        bob.encrypt(ROOM, "m.room.message", {"body": "x"})
+    except Exception as exc:  # LocalProtocolError
+        assert "shared" in str(exc) or "session" in str(exc)
+    else:
+        raise AssertionError("encrypted before the members' devices were known")
