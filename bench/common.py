@@ -202,7 +202,7 @@ class ProxyProcess:
             [sys.executable,
              *(["-m", "cProfile", "-o", str(self.profile)] if self.profile else []),
              "-m", "e2eproxy", "run", "--config", str(config)],
-            cwd=REPO,
+            cwd=os.environ.get("BENCH_PROXY_REPO", str(REPO)),
             env=env,
             stdout=log,
             stderr=log,

@@ -32,9 +32,9 @@ async def run(env: Env) -> None:
 
             me = await login(http, proxy.url, "benchme", "pw")
             token = me["access_token"]
-            async with http.post(f"{synapse.base_url}{V3}/createRoom", headers=auth(other.access_token),
-                                 json={"preset": "public_chat", "invite": [me["user_id"]]}
-                                 ) as response:
+            create = {"preset": "public_chat", "invite": [me["user_id"]]}
+            async with http.post(f"{synapse.base_url}{V3}/createRoom",
+                                 headers=auth(other.access_token), json=create) as response:
                 room_id = (await response.json())["room_id"]
             async with http.post(f"{synapse.base_url}{V3}/rooms/{room_id}/join",
                                  headers=auth(token), json={}) as response:
