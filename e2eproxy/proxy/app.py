@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,7 +13,7 @@ from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.proxy.accounts import AccountRegistry
 from e2eproxy.proxy.keys import CONFIG, MEDIA, REGISTRY, SERVER, UPSTREAM
-from e2eproxy.proxy.media import MediaService, MediaSpool
+from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
 from e2eproxy.proxy.middleware import add_cors_headers, errors_middleware, request_log_middleware
 from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.upstream import Upstream
@@ -55,9 +57,16 @@ def create_app(
         app[REGISTRY] = registry
         spool = MediaSpool(config.store.data_dir / "media")
         spool.prepare()
-        app[MEDIA] = MediaService(spool, config.encryption.pending_upload_ttl)
+        media = app[MEDIA] = MediaService(spool, config.encryption.pending_upload_ttl)
         await registry.load_stored()
+        await media.expire_all(list(registry.accounts.values()))
+        expiry = asyncio.create_task(
+            expire_uploads_forever(media, registry.accounts.values), name="expire uploads"
+        )
         yield
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
         await registry.close()
         if own_store:
             await opened.close()

@@ -32,6 +32,7 @@ CHUNK = 256 * 1024
 PENDING_SECRET = "pending_uploads"
 KNOWN_PREFIX = "media:"
 KNOWN_CACHE = 2_000
+EXPIRY_CHECK_S = 300.0
 
 
 def _b64(data: bytes) -> str:
@@ -156,6 +157,11 @@ class AccountMedia:
             await self.drop_pending(mxc)
         return len(expired)
 
+    async def drop_all(self) -> None:
+        """Forget every held upload (logout): their spool files go too."""
+        for mxc in list(await self.pending()):
+            await self.drop_pending(mxc)
+
     async def known(self, mxc: str) -> KnownMedia | None:
         if mxc in self._known:
             self._known.move_to_end(mxc)
@@ -248,3 +254,20 @@ class MediaService:
 
     def forget(self, account: Account) -> None:
         self._accounts.pop(account.key, None)
+
+    async def expire_all(self, accounts: list[Account]) -> None:
+        for account in accounts:
+            expired = await self.of(account).expire()
+            if expired:
+                log.info("Dropped %d upload(s) of %s that no event used in time",
+                         expired, account.device_id)
+
+
+async def expire_uploads_forever(service: MediaService, accounts: Any) -> None:
+    """Every few minutes, forget uploads no event referred to within their lifetime."""
+    while True:
+        await asyncio.sleep(EXPIRY_CHECK_S)
+        try:
+            await service.expire_all(list(accounts()))
+        except Exception:
+            log.exception("Expiring held uploads failed")

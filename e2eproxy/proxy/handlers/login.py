@@ -11,7 +11,7 @@ from e2eproxy.errors import E2EProxyError
 from e2eproxy.proxy.accounts import token_of
 from e2eproxy.proxy.engine_io import drain_outgoing
 from e2eproxy.proxy.handlers.common import forward_for_json, respond
-from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.keys import MEDIA, REGISTRY, UPSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
         everything = request.path.endswith("/all")
         for account in list(registry.accounts.values()):
             if account.user_id == user_id and (everything or account.device_id == device_id):
+                await request.app[MEDIA].of(account).drop_all()
+                request.app[MEDIA].forget(account)
                 await registry.remove(account)
         if token is not None:
             registry.forget_token(token)
