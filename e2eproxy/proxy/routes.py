@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from e2eproxy.proxy.handlers import login, media, send, sync, timeline
@@ -10,41 +12,49 @@ from e2eproxy.proxy.handlers.wellknown import well_known_client
 
 # Everything under these prefixes is the homeserver's business unless a route above claims it.
 PASSTHROUGH_PREFIXES = ("/_matrix/", "/.well-known/", "/_synapse/client/")
-CLIENT = "/_matrix/client/{version:(?:r0|v3)}"
-CLIENT_V1 = "/_matrix/client/{version:(?:r0|v3|v1)}"
-ROOM = CLIENT + "/rooms/{room}"
-ROOM_V1 = CLIENT_V1 + "/rooms/{room}"
-LEGACY_MEDIA = "/_matrix/media/{version:(?:r0|v3|v1)}"
-AUTH_MEDIA = "/_matrix/client/{version:v1}/media"
+# Versions are spelled out rather than matched by a pattern: aiohttp indexes routes by their
+# literal prefix, so a request is then checked against a few routes instead of all of them.
+CLIENT = ("r0", "v3")
+CLIENT_V1 = ("r0", "v3", "v1")
+MEDIA = ("r0", "v3", "v1")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _add(router: web.UrlDispatcher, method: str, template: str, versions: tuple[str, ...],
+         handler: Handler) -> None:
+    for version in versions:
+        router.add_route(method, template.replace("VERSION", version), handler)
 
 
 def add_routes(app: web.Application) -> None:
     router = app.router
+    client, room = "/_matrix/client/VERSION", "/_matrix/client/VERSION/rooms/{room}"
     router.add_get("/.well-known/matrix/client", well_known_client)
-    router.add_post(CLIENT + "/login", login.login)
-    router.add_post(CLIENT + "/logout", login.logout)
-    router.add_post(CLIENT + "/logout/all", login.logout)
-    router.add_get(CLIENT + "/sync", sync.sync)
-    router.add_put(ROOM + "/send/{type}/{txn}", send.send)
-    router.add_post(CLIENT + "/createRoom", send.create_room)
+    _add(router, "POST", client + "/login", CLIENT, login.login)
+    _add(router, "POST", client + "/logout", CLIENT, login.logout)
+    _add(router, "POST", client + "/logout/all", CLIENT, login.logout)
+    _add(router, "GET", client + "/sync", CLIENT, sync.sync)
+    _add(router, "PUT", room + "/send/{type}/{txn}", CLIENT, send.send)
+    _add(router, "POST", client + "/createRoom", CLIENT, send.create_room)
     for action in ("invite", "kick", "ban", "unban", "join", "leave"):
-        router.add_post(ROOM + "/" + action, send.membership)
-    router.add_put(ROOM + "/state/{type}/{key:.*}", send.publish_then_forward)
-    router.add_put(CLIENT + "/profile/{user}/avatar_url", send.publish_then_forward)
-    router.add_put(CLIENT + "/profile/{user}/{field}", send.publish_then_forward)
-    router.add_post(LEGACY_MEDIA + "/upload", media.upload)
-    for base in (AUTH_MEDIA, LEGACY_MEDIA):
-        item = base + "/{kind:(?:download|thumbnail)}/{server}/{media_id}"
-        router.add_get(item, media.download)
-        router.add_get(item + "/{filename}", media.download)
-    router.add_get(ROOM + "/messages", timeline.messages)
-    router.add_get(ROOM + "/context/{event}", timeline.context)
-    router.add_get(ROOM + "/event/{event}", timeline.event)
-    router.add_get(ROOM_V1 + "/relations/{event}", timeline.relations)
-    router.add_get(ROOM_V1 + "/relations/{event}/{rel_type}", timeline.relations)
-    router.add_get(ROOM_V1 + "/relations/{event}/{rel_type}/{event_type}", timeline.relations)
-    router.add_get(ROOM_V1 + "/threads", timeline.threads)
-    router.add_get(CLIENT + "/notifications", timeline.notifications)
-    router.add_post(CLIENT + "/search", timeline.search)
+        _add(router, "POST", room + "/" + action, CLIENT, send.membership)
+    _add(router, "PUT", room + "/state/{type}/{key:.*}", CLIENT, send.publish_then_forward)
+    _add(router, "PUT", client + "/profile/{user}/{field}", CLIENT, send.publish_then_forward)
+    _add(router, "POST", "/_matrix/media/VERSION/upload", MEDIA, media.upload)
+    for base, versions in (("/_matrix/client/VERSION/media", ("v1",)),
+                           ("/_matrix/media/VERSION", MEDIA)):
+        for kind in ("download", "thumbnail"):
+            item = f"{base}/{kind}/{{server}}/{{media_id}}"
+            _add(router, "GET", item, versions, media.download)
+            _add(router, "GET", item + "/{filename}", versions, media.download)
+    _add(router, "GET", room + "/messages", CLIENT, timeline.messages)
+    _add(router, "GET", room + "/context/{event}", CLIENT, timeline.context)
+    _add(router, "GET", room + "/event/{event}", CLIENT, timeline.event)
+    relations = room + "/relations/{event}"
+    for suffix in ("", "/{rel_type}", "/{rel_type}/{event_type}"):
+        _add(router, "GET", relations + suffix, CLIENT_V1, timeline.relations)
+    _add(router, "GET", room + "/threads", CLIENT_V1, timeline.threads)
+    _add(router, "GET", client + "/notifications", CLIENT, timeline.notifications)
+    _add(router, "POST", client + "/search", CLIENT, timeline.search)
     for prefix in PASSTHROUGH_PREFIXES:
         router.add_route("*", prefix + "{tail:.*}", passthrough)

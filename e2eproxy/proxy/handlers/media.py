@@ -138,7 +138,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     known = await media.known(mxc)
     if known is None:
         return await passthrough(request)
-    if request.match_info["kind"] == "thumbnail" and known.thumbnail:
+    # /_matrix/client/v1/media/thumbnail/... or /_matrix/media/v3/thumbnail/...
+    if "thumbnail" in request.path.split("/")[4:6] and known.thumbnail:
         known = await media.known(known.thumbnail) or known
     return await _serve_encrypted(request, known)
 
