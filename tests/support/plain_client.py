@@ -301,3 +301,87 @@ async def encrypted_room_of(creator: PlainClient, *others: PlainClient, **encryp
     for other in others:
         await other.join(room_id)
     return room_id
+
+
+# -- media through a base URL (the proxy, or the stub directly) ------------------------------
+MEDIA_V3 = "/_matrix/media/v3"
+
+
+async def upload_media(
+    client: PlainClient,
+    data: bytes,
+    content_type: str = "application/octet-stream",
+    filename: str | None = None,
+) -> str:
+    """POST /_matrix/media/v3/upload as `client`; returns the content_uri (fails on non-200)."""
+    headers = {"Content-Type": content_type}
+    if client.access_token:
+        headers["Authorization"] = f"Bearer {client.access_token}"
+    params = {"filename": filename} if filename is not None else None
+    async with client.http.post(
+        client.base_url + f"{MEDIA_V3}/upload", data=data, params=params, headers=headers
+    ) as response:
+        text = await response.text()
+        if response.status != 200:
+            raise RequestFailed("POST", f"{MEDIA_V3}/upload", response.status, text)
+        return str(json.loads(text)["content_uri"])
+
+
+class MediaAnswer:
+    """A media GET as the client got it: status, headers, raw body."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def errcode(self) -> Any:
+        data = self.json()
+        return data.get("errcode") if isinstance(data, dict) else None
+
+    def __repr__(self) -> str:
+        shown = self.body[:200] if self.errcode is None else self.body
+        return f"MediaAnswer({self.status}, {self.headers.get('Content-Type')!r}, {shown!r})"
+
+
+def media_path(
+    mxc: str, kind: str = "download", api: str = "v1", filename: str | None = None
+) -> str:
+    """The path of `mxc` on the authenticated media API (`api="v1"`) or the legacy one
+    (`api="v3"` / `"r0"`); `kind` is download or thumbnail."""
+    server_and_id = mxc.removeprefix("mxc://")
+    base = "/_matrix/client/v1/media" if api == "v1" else f"/_matrix/media/{api}"
+    path = f"{base}/{kind}/{server_and_id}"
+    return path + f"/{q(filename)}" if filename else path
+
+
+async def get_media(
+    client: PlainClient,
+    mxc: str,
+    kind: str = "download",
+    api: str = "v1",
+    *,
+    token: str | None = "header",
+    filename: str | None = None,
+    params: dict[str, str] | None = None,
+    base_url: str | None = None,
+) -> MediaAnswer:
+    """GET `mxc` as `client` (token "header", "query" or None for no token at all), by default
+    through the client's base URL; the body is read whole (for small test files)."""
+    headers: dict[str, str] = {}
+    query = dict(params or {})
+    if token == "header" and client.access_token:
+        headers["Authorization"] = f"Bearer {client.access_token}"
+    elif token == "query" and client.access_token:
+        query["access_token"] = client.access_token
+    url = (base_url or client.base_url).rstrip("/") + media_path(mxc, kind, api, filename)
+    async with client.http.get(url, headers=headers, params=query) as response:
+        body = await response.read()
+        return MediaAnswer(response.status, dict(response.headers), body)

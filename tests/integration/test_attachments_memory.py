@@ -1,0 +1,168 @@
+"""A 100 MB attachment through the proxy, encrypted, with bounded memory both ways.
+
+The proxy runs as a real `e2eproxy run` process so its peak resident memory (VmHWM) can be read
+apart from the test process and the stub (which must hold the file). The file goes up through the
+proxy, into an encrypted room, and another user behind the proxy downloads it with a slow reader,
+so a proxy that buffered either way would show it in its peak memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.plain_client import PlainClient, encrypted_room_of, login_all, media_path
+from tests.support.stub_homeserver import StubHomeserver
+from tests.support.synapse import free_port
+
+MIB = 1024 * 1024
+BODY_MIB = 100
+MAX_GROWTH_MB = 20
+# The slow reader: small reads, a tiny pause after each.
+READ_SIZE = 64 * 1024
+READ_PAUSE_S = 0.001
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def piece(i: int) -> bytes:
+    return bytes([(i * 7) % 251]) * MIB
+
+
+async def body() -> AsyncIterator[bytes]:
+    for i in range(BODY_MIB):
+        yield piece(i)
+
+
+@pytest.fixture
+def proxy_log(tmp_path: Path) -> Path:
+    return tmp_path / "proxy.log"
+
+
+@pytest.fixture
+def proxy_process(
+    stub: StubHomeserver, tmp_path: Path, proxy_log: Path
+) -> Iterator[tuple[str, int]]:
+    """`e2eproxy run` in front of the stub, its stderr in `proxy_log` (shown when a test fails)."""
+    assert stub.base_url is not None
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    with proxy_log.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "e2eproxy",
+                "run",
+                "--homeserver",
+                stub.base_url,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            stderr=log,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "Listening on" not in proxy_log.read_text():
+            assert process.poll() is None, proxy_log.read_text()
+            assert time.monotonic() < deadline, proxy_log.read_text()
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memory(
+    stub: StubHomeserver, proxy_process: tuple[str, int], proxy_log: Path
+) -> None:
+    proxy, pid = proxy_process
+    started = time.monotonic()
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        alice, bob = await login_all(http, proxy, stub, "alice", "bob")
+        room_id = await encrypted_room_of(alice, bob)
+        await alice.send_text(room_id, "warming up the room key")
+        baseline = peak_rss_mb(pid)
+
+        size = BODY_MIB * MIB
+        async with http.post(
+            f"{proxy}/_matrix/media/v3/upload",
+            data=body(),
+            headers={
+                "Authorization": f"Bearer {alice.access_token}",
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+            },
+        ) as response:
+            assert response.status == 200, await response.text()
+            mxc = (await response.json())["content_uri"]
+        after_upload = peak_rss_mb(pid)
+
+        content = {"msgtype": "m.file", "body": "big.bin", "url": mxc, "info": {"size": size}}
+        event_id = await alice.send(room_id, content)
+        after_send = peak_rss_mb(pid)
+        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        stored = stub.media.items[(server, media_id)].content
+        assert stored is not None and len(stored) == size
+        expected = hashlib.sha256()
+        for i in range(BODY_MIB):
+            expected.update(piece(i))
+        assert hashlib.sha256(stored).digest() != expected.digest(), "stored in plaintext"
+        del stored
+
+        event = await bob.wait_for_event(room_id, event_id, deadline_s=20)
+        assert event["content"].get("url") == mxc, event
+        try:
+            received, got = await slow_download(bob, mxc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nproxy log:\n{log_tail(proxy_log)}") from None
+        after_download = peak_rss_mb(pid)
+
+    elapsed = time.monotonic() - started
+    assert got == size
+    assert received == expected.hexdigest(), "the download is not the file"
+    growth = {
+        "upload": after_upload - baseline,
+        "send (encrypt + upload to the server)": after_send - baseline,
+        "download (fetch + decrypt to a slow reader)": after_download - baseline,
+    }
+    assert all(g < MAX_GROWTH_MB for g in growth.values()), (baseline, growth)
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+async def slow_download(client: PlainClient, mxc: str) -> tuple[str, int]:
+    """Read the plaintext through the proxy in small reads with a pause after each."""
+    digest = hashlib.sha256()
+    size = 0
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    async with client.http.get(client.base_url + media_path(mxc), headers=headers) as response:
+        assert response.status == 200, await response.text()
+        while chunk := await response.content.read(READ_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+            await asyncio.sleep(READ_PAUSE_S)
+    return digest.hexdigest(), size
