@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +45,16 @@ class Account:
     # Set when the homeserver says our token is dead: the worker waits for a new one.
     token_valid: asyncio.Event = field(default_factory=asyncio.Event)
 
+    # Fire-and-forget work (held here so it is not garbage-collected mid-flight).
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
     def __post_init__(self) -> None:
         self.token_valid.set()
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     @property
     def user_id(self) -> str:

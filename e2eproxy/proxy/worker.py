@@ -62,6 +62,8 @@ async def stop_worker(account: Account) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     account.tasks = []
+    # Let fire-and-forget writes finish before the store closes.
+    await asyncio.gather(*account.background, return_exceptions=True)
 
 
 async def _sync_loop(upstream: Upstream, account: Account) -> None:

@@ -131,9 +131,11 @@ async def _send_encrypted(
     path = f"{V3}/rooms/{quote(room_id, safe='')}/send/m.room.encrypted/{quote(txn, safe='')}"
     status, body = await call(upstream, account, "PUT", path, encrypted)
     if status == 200 and isinstance(body, dict):
-        await account.store.put_txn(
+        # Not awaited: the ciphertext is already stored under the txn, so losing this write
+        # only means a retry resends it and the server's own txn dedup answers.
+        account.in_background(account.store.put_txn(
             account.key, txn_key, {"room_id": room_id, "content": encrypted, "response": body}
-        )
+        ))
     return web.json_response(body, status=status)
 
 
@@ -156,6 +158,14 @@ async def send(request: web.Request) -> web.StreamResponse:
         return await _send_without_keys(request, info, room_id, raw)
     account = info.account
     upstream = request.app[UPSTREAM]
+    if not await room_is_encrypted(upstream, account, room_id):
+        # Encryption is never switched off again, so a txn of ours can't be in a plain room;
+        # the server's own txn dedup covers plain retries.
+        plain = await publish_plain_references(request, account, content)
+        answer = await forward_for_json(
+            request, body=_encode(plain) if plain is not content else raw
+        )
+        return respond(answer)
     txn_key = f"send\0{room_id}\0{event_type}\0{txn}"
     stored = await account.store.get_txn(account.key, txn_key)
     if stored is not None and isinstance(stored.get("response"), dict):
@@ -163,12 +173,6 @@ async def send(request: web.Request) -> web.StreamResponse:
     if stored is not None and isinstance(stored.get("content"), dict):
         # Encrypted before a crash or a failed send: send the same ciphertext again.
         return await _send_encrypted(request, account, room_id, txn, stored["content"], txn_key)
-    if not await room_is_encrypted(upstream, account, room_id):
-        plain = await publish_plain_references(request, account, content)
-        answer = await forward_for_json(
-            request, body=_encode(plain) if plain is not content else raw
-        )
-        return respond(answer)
     content = await encrypt_references(request, account, content)
     encrypted = await _encrypt(upstream, account, room_id, event_type, content, txn_key)
     return await _send_encrypted(request, account, room_id, txn, encrypted, txn_key)
