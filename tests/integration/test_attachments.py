@@ -387,7 +387,7 @@ async def test_file_into_an_unencrypted_room_goes_up_once_in_plaintext(
     assert media.content == data
     assert media.content_type == "text/plain"
     media_id = url.rsplit("/", 1)[1]
-    uploads = [r for r in stub.requests[before:] if "/upload" in r.path]
+    uploads = [r for r in stub.requests[before:] if "/media/v3/upload" in r.path]
     assert [(r.method, r.path.rsplit("/", 1)[1]) for r in uploads] == [("PUT", media_id)], uploads
     [stored_event] = [e for e in stub.raw_events(room_id) if e.get("event_id") == event_id]
     assert stored_event["type"] == "m.room.message"
@@ -402,7 +402,7 @@ async def test_file_into_an_unencrypted_room_goes_up_once_in_plaintext(
     assert (await get_media(bob, url, base_url=stub.base_url)).body == data
     # Sending it again does not upload it again.
     await alice.send(room_id, content)
-    assert len([r for r in stub.requests[before:] if "/upload" in r.path]) == 1
+    assert len([r for r in stub.requests[before:] if "/media/v3/upload" in r.path]) == 1
 
 
 async def test_avatars_go_up_in_plaintext(
@@ -432,6 +432,54 @@ async def test_avatars_go_up_in_plaintext(
     assert media.content == THUMB and media.content_type == "image/png"
     forwarded = [r for r in stub.requests[before:] if r.path.endswith("/avatar_url")]
     assert [r.json for r in forwarded] == [{"avatar_url": avatar}], forwarded
+
+
+# -- servers without asynchronous uploads ------------------------------------------------------
+
+
+async def test_without_asynchronous_uploads_the_file_goes_up_at_send_time(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+) -> None:
+    stub.faults.add(r"/media/v1/create$", method="POST", status=404, errcode="M_UNRECOGNIZED")
+    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    secret_room = await encrypted_room_of(alice, bob)
+    plain_room = await alice.create_room(invite=[bob.user_id])
+    await bob.join(plain_room)
+    before = len(stub.requests)
+    placeholder = await upload_media(alice, PNG, "image/png", filename="nocreate.png")
+    assert_served(await get_media(alice, placeholder), PNG, "image/png")
+    assert not [r for r in stub.requests[before:] if "/media/v3/upload" in r.path]
+
+    event_id = await alice.send(
+        secret_room,
+        {
+            "msgtype": "m.image",
+            "body": "nocreate.png",
+            "url": placeholder,
+            "info": {"mimetype": "image/png"},
+        },
+    )
+    event = await bob.wait_for_event(secret_room, event_id)
+    final = event["content"]["file"]["url"]
+    assert final != placeholder and event["content"]["url"] == final, event
+    stored = stub_media(stub, final).content
+    assert stored is not None
+    check_encrypted_file(event["content"]["file"], stored, PNG)
+    uploads = [r for r in stub.requests[before:] if "/media/v3/upload" in r.path]
+    assert len(uploads) == 1, [(r.method, r.path, r.query) for r in uploads]
+    [upload] = uploads
+    assert "filename" not in upload.query, upload
+    assert_served(await get_media(bob, final), PNG, "image/png")
+
+    data = b"plain text for the plain room " * 10
+    placeholder = await upload_media(alice, data, "text/plain", filename="open.txt")
+    event_id = await alice.send(
+        plain_room, {"msgtype": "m.file", "body": "open.txt", "url": placeholder}
+    )
+    [stored_event] = [e for e in stub.raw_events(plain_room) if e.get("event_id") == event_id]
+    final = stored_event["content"]["url"]
+    assert final != placeholder
+    assert stub_media(stub, final).content == data
 
 
 # -- held uploads expire -----------------------------------------------------------------------
