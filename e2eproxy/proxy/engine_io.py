@@ -13,7 +13,7 @@ from typing import Any
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason, SyncResult
 from e2eproxy.errors import LocalProtocolError, MatrixError, UpstreamError
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
-from e2eproxy.protocol.rewrite import Slot
+from e2eproxy.protocol.rewrite import Slot, sync_room_parts
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.upstream import Upstream
 
@@ -130,20 +130,11 @@ async def process_sync(account: Account, body: dict[str, Any], stream: str) -> S
 
 def membership_changes(body: dict[str, Any]) -> set[str]:
     """Rooms whose member list this sync changed."""
-    changed: set[str] = set()
-    rooms = body.get("rooms")
-    join = rooms.get("join") if isinstance(rooms, dict) else None
-    if not isinstance(join, dict):
-        return changed
-    for room_id, room in join.items():
-        for name in ("timeline", "state"):
-            part = room.get(name) if isinstance(room, dict) else None
-            events = part.get("events") if isinstance(part, dict) else None
-            if isinstance(events, list) and any(
-                isinstance(e, dict) and e.get("type") == "m.room.member" for e in events
-            ):
-                changed.add(room_id)
-    return changed
+    return {
+        room_id
+        for room_id, _, part in sync_room_parts(body, ("join",))
+        if any(isinstance(e, dict) and e.get("type") == "m.room.member" for e in part["events"])
+    }
 
 
 async def _decrypt_now(account: Account, slots: list[Slot]) -> list[Result]:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from e2eproxy.protocol.attachments import Decryptor, Encryptor, FileKey, parse_encrypted_file
+from e2eproxy.protocol.attachments import Decryptor, Encryptor, FileKey
 from e2eproxy.proxy.account import Account
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,18 @@ class MediaSpool:
                 yield decryptor.update(chunk) if decryptor else chunk
                 await asyncio.sleep(0)
 
+    def remove_older_than(self, age_s: float) -> int:
+        """Delete files older than `age_s` (left by a crash, or by an upload whose record is
+        gone): every held upload expires sooner, so nothing in use is touched."""
+        cutoff = time.time() - age_s
+        removed = 0
+        for path in self.directory.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(name).unlink()
@@ -141,7 +153,12 @@ class AccountMedia:
         await self._save_pending()
 
     async def get_pending(self, mxc: str) -> PendingUpload | None:
-        return (await self.pending()).get(mxc)
+        """A held upload still within its lifetime (an expired one is dropped on sight)."""
+        upload = (await self.pending()).get(mxc)
+        if upload is not None and upload.expires_ms <= int(time.time() * 1000):
+            await self.drop_pending(mxc)
+            return None
+        return upload
 
     async def drop_pending(self, mxc: str) -> None:
         upload = (await self.pending()).pop(mxc, None)
@@ -188,41 +205,35 @@ class AccountMedia:
         self._remember(mxc, media)
 
 
+def _is_mxc(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("mxc://")
+
+
 def media_of_event(content: dict[str, Any]) -> list[tuple[str, KnownMedia]]:
-    """The encrypted files a decrypted event's content refers to (file and thumbnail)."""
+    """The encrypted files a decrypted event's content refers to (file and thumbnail).
+
+    Unusable descriptions (unknown version, bad key) are kept too: downloading them must be a
+    clear error, never the ciphertext passed through as if it were the file.
+    """
     found: list[tuple[str, KnownMedia]] = []
     raw_info = content.get("info")
     info: dict[str, Any] = raw_info if isinstance(raw_info, dict) else {}
-    thumbnail_url = None
     thumb = info.get("thumbnail_file")
-    if isinstance(thumb, dict):
-        try:
-            thumbnail_url, _ = parse_encrypted_file(thumb)
-        except ValueError:
-            thumbnail_url = None
-        else:
-            thumb_info = info.get("thumbnail_info")
-            mimetype = thumb_info.get("mimetype") if isinstance(thumb_info, dict) else None
-            found.append((thumbnail_url, KnownMedia(thumb, mimetype)))
+    thumbnail_url = thumb["url"] if isinstance(thumb, dict) and _is_mxc(thumb.get("url")) else None
+    if isinstance(thumb, dict) and thumbnail_url is not None:
+        thumb_info = info.get("thumbnail_info")
+        mimetype = thumb_info.get("mimetype") if isinstance(thumb_info, dict) else None
+        found.append((thumbnail_url, KnownMedia(thumb, _str(mimetype))))
     file = content.get("file")
-    if isinstance(file, dict):
-        try:
-            url, _ = parse_encrypted_file(file)
-        except ValueError:
-            return found
-        filename = content.get("filename") or content.get("body")
-        found.append(
-            (
-                url,
-                KnownMedia(
-                    file,
-                    info.get("mimetype") if isinstance(info.get("mimetype"), str) else None,
-                    filename if isinstance(filename, str) else None,
-                    thumbnail_url,
-                ),
-            )
-        )
+    if isinstance(file, dict) and _is_mxc(file.get("url")):
+        filename = _str(content.get("filename")) or _str(content.get("body"))
+        known = KnownMedia(file, _str(info.get("mimetype")), filename, thumbnail_url)
+        found.append((file["url"], known))
     return found
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def expose_urls(content: dict[str, Any]) -> None:
@@ -256,11 +267,16 @@ class MediaService:
         self._accounts.pop(account.key, None)
 
     async def expire_all(self, accounts: list[Account]) -> None:
+        # An hour of slack past the lifetime, for clocks and uploads still being written.
+        self.spool.remove_older_than(self.upload_ttl_s + 3600)
         for account in accounts:
             expired = await self.of(account).expire()
             if expired:
-                log.info("Dropped %d upload(s) of %s that no event used in time",
-                         expired, account.device_id)
+                log.info(
+                    "Dropped %d upload(s) of %s that no event used in time",
+                    expired,
+                    account.device_id,
+                )
 
 
 async def expire_uploads_forever(service: MediaService, accounts: Any) -> None:

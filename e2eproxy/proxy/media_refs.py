@@ -4,6 +4,7 @@ for an encrypted room and plain for anything else, and the event is rewritten to
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -26,58 +27,62 @@ def _is_mxc(value: Any) -> bool:
 
 
 async def _encrypted_file(
-    request: web.Request, account: Account, mxc: Any, mimetype: Any
-) -> dict[str, Any]:
-    """The EncryptedFile for `mxc`: publish a held upload encrypted, or reuse a known key."""
+    request: web.Request, account: Account, mxc: str, mimetype: str | None
+) -> KnownMedia:
+    """The encrypted file behind `mxc`: a held upload, published encrypted now, or one whose key
+    we already know. Anything else is plaintext on the server and refused."""
     media = request.app[MEDIA].of(account)
     pending = await media.get_pending(mxc)
     if pending is not None:
         final = await publish(request, account, pending, encrypted=True)
-        file = pending.file_key.to_json(final)
         known = KnownMedia(
-            file, mimetype if isinstance(mimetype, str) else pending.content_type, pending.filename
+            pending.file_key.to_json(final), mimetype or pending.content_type, pending.filename
         )
         await media.add_known(final, known)
         if final != mxc:
             await media.add_known(mxc, known)
         await media.drop_pending(mxc)
-        return file
+        return known
     known_media = await media.known(mxc)
     if known_media is not None:
-        return dict(known_media.file)
+        return known_media
     raise MatrixError(400, "M_FORBIDDEN", PLAINTEXT_FILE)
+
+
+def _mimetype(holder: Any) -> str | None:
+    value = holder.get("mimetype") if isinstance(holder, dict) else None
+    return value if isinstance(value, str) else None
 
 
 async def encrypt_references(
     request: web.Request, account: Account, content: dict[str, Any]
 ) -> dict[str, Any]:
     """Content for an encrypted room: `url` -> `file`, `info.thumbnail_url` ->
-    `info.thumbnail_file`, the files uploaded encrypted first."""
+    `info.thumbnail_file`, the files uploaded encrypted first. The upload's content type fills a
+    missing `mimetype`, so recipients still know what the file is."""
     url = content.get("url")
-    info = content.get("info")
-    thumb = info.get("thumbnail_url") if isinstance(info, dict) else None
+    thumb = content["info"].get("thumbnail_url") if isinstance(content.get("info"), dict) else None
     if not _is_mxc(url) and not _is_mxc(thumb):
         return content
     content = copy.deepcopy(content)
-    info = content.get("info") if isinstance(content.get("info"), dict) else None
-    thumb_file = None
-    if info is not None and _is_mxc(thumb):
-        thumb_info = info.get("thumbnail_info")
-        mimetype = thumb_info.get("mimetype") if isinstance(thumb_info, dict) else None
-        thumb_file = await _encrypted_file(request, account, thumb, mimetype)
-        info["thumbnail_file"] = thumb_file
+    info = content.setdefault("info", {}) if _is_mxc(url) else content["info"]
+    thumbnail = None
+    if _is_mxc(thumb):
+        thumb_info = info.setdefault("thumbnail_info", {})
+        thumbnail = await _encrypted_file(request, account, str(thumb), _mimetype(thumb_info))
+        info["thumbnail_file"] = dict(thumbnail.file)
         del info["thumbnail_url"]
+        if thumbnail.mimetype and isinstance(thumb_info, dict):
+            thumb_info.setdefault("mimetype", thumbnail.mimetype)
     if _is_mxc(url):
-        mimetype = info.get("mimetype") if info is not None else None
-        file = await _encrypted_file(request, account, url, mimetype)
-        content["file"] = file
+        main = await _encrypted_file(request, account, str(url), _mimetype(info))
+        content["file"] = dict(main.file)
         del content["url"]
-        if thumb_file is not None:
+        if main.mimetype:
+            info.setdefault("mimetype", main.mimetype)
+        if thumbnail is not None:
             media = request.app[MEDIA].of(account)
-            known = await media.known(file["url"])
-            if known is not None:
-                known.thumbnail = thumb_file["url"]
-                await media.add_known(file["url"], KnownMedia(**vars(known)))
+            await media.add_known(main.file["url"], replace(main, thumbnail=thumbnail.file["url"]))
     return content
 
 

@@ -20,8 +20,13 @@ MEDIA = ("r0", "v3", "v1")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _add(router: web.UrlDispatcher, method: str, template: str, versions: tuple[str, ...],
-         handler: Handler) -> None:
+def _add(
+    router: web.UrlDispatcher,
+    method: str,
+    template: str,
+    versions: tuple[str, ...],
+    handler: Handler,
+) -> None:
     for version in versions:
         router.add_route(method, template.replace("VERSION", version), handler)
 
@@ -41,8 +46,10 @@ def add_routes(app: web.Application) -> None:
     _add(router, "PUT", room + "/state/{type}/{key:.*}", CLIENT, send.publish_then_forward)
     _add(router, "PUT", client + "/profile/{user}/{field}", CLIENT, send.publish_then_forward)
     _add(router, "POST", "/_matrix/media/VERSION/upload", MEDIA, media.upload)
-    for base, versions in (("/_matrix/client/VERSION/media", ("v1",)),
-                           ("/_matrix/media/VERSION", MEDIA)):
+    for base, versions in (
+        ("/_matrix/client/VERSION/media", ("v1",)),
+        ("/_matrix/media/VERSION", MEDIA),
+    ):
         for kind in ("download", "thumbnail"):
             item = f"{base}/{kind}/{{server}}/{{media_id}}"
             _add(router, "GET", item, versions, media.download)

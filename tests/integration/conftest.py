@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from e2eproxy.config import Config, EncryptionConfig, ServerConfig
+from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
 from e2eproxy.proxy.app import create_app
 from e2eproxy.store import MemoryStore, Store
 from tests.support.stub_homeserver import StubHomeserver, running_stub
@@ -33,14 +34,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def start_proxy(stub: StubHomeserver) -> AsyncIterator[StartProxy]:
+async def start_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartProxy]:
     """`await start_proxy(**server_overrides)` serves create_app on an ephemeral port."""
     servers: list[TestServer] = []
 
     async def start(**overrides: Any) -> str:
         assert stub.base_url is not None
         server = replace(ServerConfig(name="test", homeserver=stub.base_url), **overrides)
-        app = create_app(server, Config(servers=(server,)), store=MemoryStore())
+        # Its own data dir: the media spool must never land in the developer's home.
+        config = Config(servers=(server,), store=StoreConfig(data_dir=tmp_path / "proxy"))
+        app = create_app(server, config, store=MemoryStore())
         test_server = TestServer(app, host="127.0.0.1")
         await test_server.start_server()
         servers.append(test_server)
@@ -73,7 +76,7 @@ StartE2EEProxy = Callable[..., Awaitable[RunningProxy]]
 
 
 @pytest.fixture
-async def start_e2ee_proxy(stub: StubHomeserver) -> AsyncIterator[StartE2EEProxy]:
+async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartE2EEProxy]:
     """`await start_e2ee_proxy(store=..., encryption=EncryptionConfig(...), **server_overrides)`
     serves create_app on an ephemeral port; without `store`, a fresh MemoryStore."""
     started: list[RunningProxy] = []
@@ -86,7 +89,11 @@ async def start_e2ee_proxy(stub: StubHomeserver) -> AsyncIterator[StartE2EEProxy
     ) -> RunningProxy:
         assert stub.base_url is not None
         server = replace(ServerConfig(name="test", homeserver=stub.base_url), **overrides)
-        config = Config(servers=(server,), encryption=encryption or EncryptionConfig())
+        config = Config(
+            servers=(server,),
+            encryption=encryption or EncryptionConfig(),
+            store=StoreConfig(data_dir=tmp_path / "proxy"),
+        )
         used = store if store is not None else MemoryStore()
         test_server = TestServer(create_app(server, config, store=used), host="127.0.0.1")
         await test_server.start_server()

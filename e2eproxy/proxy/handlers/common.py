@@ -82,3 +82,10 @@ async def token_info(request: web.Request) -> TokenInfo | None:
 
 def refuse(info: TokenInfo) -> MatrixError:
     return MatrixError(403, "M_FORBIDDEN", info.refusal or "No encryption for this token")
+
+
+def server_error(status: int, body: Any, fallback: str) -> MatrixError:
+    """The homeserver's own error for the client when it gave one, else a 502 saying `fallback`."""
+    if isinstance(body, dict) and isinstance(body.get("errcode"), str):
+        return MatrixError(status, body["errcode"], str(body.get("error", fallback)))
+    return MatrixError(502, "M_UNKNOWN", fallback)

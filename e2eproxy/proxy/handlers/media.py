@@ -24,7 +24,7 @@ from e2eproxy.protocol.attachments import (
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.accounts import token_of
 from e2eproxy.proxy.engine_io import call
-from e2eproxy.proxy.handlers.common import token_info
+from e2eproxy.proxy.handlers.common import server_error, token_info
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.keys import MEDIA, UPSTREAM
 from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
@@ -38,12 +38,6 @@ MEDIA_CSP = (
 )
 
 
-def _server_error(status: int, body: Any, what: str) -> MatrixError:
-    if isinstance(body, dict) and isinstance(body.get("errcode"), str):
-        return MatrixError(status, body["errcode"], str(body.get("error", what)))
-    return MatrixError(502, "M_UNKNOWN", what)
-
-
 async def _reserve(request: web.Request, account: Account) -> tuple[str, bool]:
     """A media id from the server (asynchronous upload), or one of ours when it has none."""
     status, body = await call(
@@ -55,7 +49,7 @@ async def _reserve(request: web.Request, account: Account) -> tuple[str, bool]:
         isinstance(body, dict) and body.get("errcode") == "M_UNRECOGNIZED"
     )
     if not unsupported:
-        raise _server_error(status, body, "The homeserver refused to reserve a media id")
+        raise server_error(status, body, "The homeserver refused to reserve a media id")
     server_name = account.user_id.split(":", 1)[1]
     return f"mxc://{server_name}/e2eproxy_{secrets.token_hex(12)}", True
 
@@ -115,7 +109,7 @@ async def publish(
             return uri if pending.placeholder and isinstance(uri, str) else pending.mxc
         if status < 500 and status != 429:
             break
-    raise _server_error(status, data, "The homeserver refused the file; nothing was sent")
+    raise server_error(status, data, "The homeserver refused the file; nothing was sent")
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -188,9 +182,9 @@ async def _fetch_ciphertext(
                 body = await response.read()
                 if b"M_UNRECOGNIZED" in body:
                     continue  # no authenticated media on this server: try the legacy API
-                raise _server_error(404, _json(body), "The file is not on the server")
+                raise server_error(404, _json(body), "The file is not on the server")
             if response.status != 200:
-                raise _server_error(
+                raise server_error(
                     response.status,
                     _json(await response.read()),
                     "The homeserver could not serve the file",

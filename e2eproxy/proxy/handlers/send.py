@@ -19,7 +19,13 @@ from e2eproxy.errors import LocalProtocolError, MatrixError
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.accounts import TokenInfo
 from e2eproxy.proxy.engine_io import call, share_room_key
-from e2eproxy.proxy.handlers.common import forward_for_json, refuse, respond, token_info
+from e2eproxy.proxy.handlers.common import (
+    forward_for_json,
+    refuse,
+    respond,
+    server_error,
+    token_info,
+)
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.media_refs import encrypt_references, publish_plain_references
@@ -28,12 +34,6 @@ from e2eproxy.proxy.upstream import Upstream
 log = logging.getLogger(__name__)
 
 V3 = "/_matrix/client/v3"
-
-
-def _server_error(status: int, body: Any, fallback: str) -> MatrixError:
-    if isinstance(body, dict) and isinstance(body.get("errcode"), str):
-        return MatrixError(status, body["errcode"], str(body.get("error", fallback)))
-    return MatrixError(502, "M_UNKNOWN", fallback)
 
 
 async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) -> bool:
@@ -48,7 +48,7 @@ async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) 
         account.plain_rooms[room_id] = time.monotonic()
         return False
     if status != 200 or not isinstance(body, dict):
-        raise _server_error(
+        raise server_error(
             status, body, "Could not tell whether the room is encrypted; nothing was sent"
         )
     async with account.lock:
@@ -72,7 +72,7 @@ async def room_members(upstream: Upstream, account: Account, room_id: str) -> li
     status, body = await call(upstream, account, "GET", path, attempts=2)
     chunk = body.get("chunk") if isinstance(body, dict) else None
     if status != 200 or not isinstance(chunk, list):
-        raise _server_error(status, body, "Could not list the room's members; nothing was sent")
+        raise server_error(status, body, "Could not list the room's members; nothing was sent")
     memberships = {
         e["state_key"]: e["content"]["membership"]
         for e in chunk
@@ -133,9 +133,11 @@ async def _send_encrypted(
     if status == 200 and isinstance(body, dict):
         # Not awaited: the ciphertext is already stored under the txn, so losing this write
         # only means a retry resends it and the server's own txn dedup answers.
-        account.in_background(account.store.put_txn(
-            account.key, txn_key, {"room_id": room_id, "content": encrypted, "response": body}
-        ))
+        account.in_background(
+            account.store.put_txn(
+                account.key, txn_key, {"room_id": room_id, "content": encrypted, "response": body}
+            )
+        )
     return web.json_response(body, status=status)
 
 
@@ -189,7 +191,7 @@ async def _send_without_keys(
     if status == 200:
         raise refuse(info)
     if status != 404:
-        raise _server_error(status, body, "Could not tell whether the room is encrypted")
+        raise server_error(status, body, "Could not tell whether the room is encrypted")
     return respond(await forward_for_json(request, body=raw))
 
 
