@@ -70,9 +70,7 @@ def keys_query(users: Sequence[str], request_id: str | None = None) -> OutgoingR
     )
 
 
-def keys_claim(
-    devices: dict[str, list[str]], request_id: str | None = None
-) -> OutgoingRequest:
+def keys_claim(devices: dict[str, list[str]], request_id: str | None = None) -> OutgoingRequest:
     """``POST /keys/claim`` for one ``signed_curve25519`` key of each given device."""
     one_time_keys = {
         user: {device: "signed_curve25519" for device in device_ids}

@@ -11,6 +11,8 @@ import copy
 import fnmatch
 from typing import Any
 
+from e2eproxy.protocol.rewrite import sync_room_parts
+
 ENCRYPTED = "m.room.encrypted"
 CRYPTO_STATE = ("m.room.encryption", "m.room.member", "m.room.history_visibility")
 _EVENT_SECTIONS = ("timeline", "state")
@@ -88,22 +90,13 @@ def apply_client_filter(body: Any, client_filter: dict[str, Any]) -> None:
     """Apply the client's own type filters and projection to a /sync body, in place."""
     room = client_filter.get("room")
     fields = client_filter.get("event_fields")
-    rooms = body.get("rooms") if isinstance(body, dict) else None
-    if not isinstance(rooms, dict):
-        return
-    for membership in ("join", "leave"):
-        section = rooms.get(membership)
-        if not isinstance(section, dict):
-            continue
-        for room_data in section.values():
-            for name in _EVENT_SECTIONS:
-                part = room_data.get(name) if isinstance(room_data, dict) else None
-                if not isinstance(part, dict) or not isinstance(part.get("events"), list):
-                    continue
-                events = part["events"]
-                rules = room.get(name) if isinstance(room, dict) else None
-                if isinstance(rules, dict):
-                    events = [e for e in events if _allowed(e, rules)]
-                if isinstance(fields, list) and all(isinstance(f, str) for f in fields):
-                    events = [_project(e, fields) for e in events]
-                part["events"] = events
+    project = isinstance(fields, list) and all(isinstance(f, str) for f in fields)
+    for _, name, part in sync_room_parts(body):
+        events = part["events"]
+        rules = room.get(name) if isinstance(room, dict) else None
+        if isinstance(rules, dict):
+            events = [e for e in events if _allowed(e, rules)]
+        if project:
+            assert isinstance(fields, list)
+            events = [_project(e, fields) for e in events]
+        part["events"] = events

@@ -52,23 +52,28 @@ def _list_slots(room_id: str, events: Any) -> Iterator[Slot]:
                 yield Slot(room_id, events, index)
 
 
-def _section_events(section: Any, name: str) -> Any:
-    part = section.get(name) if isinstance(section, dict) else None
-    return part.get("events") if isinstance(part, dict) else None
-
-
-def sync_slots(body: Any) -> Iterator[Slot]:
-    """Encrypted events in the `join` and `leave` rooms of a /sync body (timeline and state)."""
+def sync_room_parts(
+    body: Any, memberships: tuple[str, ...] = ("join", "leave")
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(room id, "timeline" or "state", the part holding `events`) of each room in a /sync body."""
     rooms = body.get("rooms") if isinstance(body, dict) else None
     if not isinstance(rooms, dict):
         return
-    for membership in ("join", "leave"):
+    for membership in memberships:
         section = rooms.get(membership)
         if not isinstance(section, dict):
             continue
         for room_id, room in section.items():
             for name in ("timeline", "state"):
-                yield from _list_slots(room_id, _section_events(room, name))
+                part = room.get(name) if isinstance(room, dict) else None
+                if isinstance(part, dict) and isinstance(part.get("events"), list):
+                    yield room_id, name, part
+
+
+def sync_slots(body: Any) -> Iterator[Slot]:
+    """Encrypted events in the `join` and `leave` rooms of a /sync body (timeline and state)."""
+    for room_id, _, part in sync_room_parts(body):
+        yield from _list_slots(room_id, part["events"])
 
 
 def chunk_slots(room_id: str, body: Any) -> Iterator[Slot]:
