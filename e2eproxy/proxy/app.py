@@ -12,7 +12,7 @@ from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.proxy.accounts import AccountRegistry
-from e2eproxy.proxy.keys import CONFIG, MEDIA, REGISTRY, SERVER, UPSTREAM
+from e2eproxy.proxy.keys import CONFIG, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
 from e2eproxy.proxy.middleware import add_cors_headers, errors_middleware, request_log_middleware
 from e2eproxy.proxy.routes import add_routes
@@ -46,6 +46,12 @@ def create_app(
     app[SERVER] = server
     upstream = Upstream(server.homeserver, read_timeout=server.upstream_timeout)
     app[UPSTREAM] = upstream
+    app[STOPPING] = asyncio.Event()
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[STOPPING].set()
+
+    app.on_shutdown.append(on_shutdown)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()

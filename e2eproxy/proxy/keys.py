@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -18,3 +19,5 @@ SERVER = web.AppKey("server", ServerConfig)
 UPSTREAM = web.AppKey("upstream", Upstream)
 REGISTRY: web.AppKey[AccountRegistry] = web.AppKey("registry")
 MEDIA: web.AppKey[MediaService] = web.AppKey("media")
+# Set when the proxy begins to stop: long-polls waiting on the homeserver give up at once.
+STOPPING = web.AppKey("stopping", asyncio.Event)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from e2eproxy.errors import MatrixError
 from e2eproxy.proxy.accounts import TokenInfo, token_of
-from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.keys import REGISTRY, STOPPING, UPSTREAM
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
+
+T = TypeVar("T")
 
 # Re-encoded bodies get their own length and encoding.
 _BODY_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding")
@@ -89,3 +94,24 @@ def server_error(status: int, body: Any, fallback: str) -> MatrixError:
     if isinstance(body, dict) and isinstance(body.get("errcode"), str):
         return MatrixError(status, body["errcode"], str(body.get("error", fallback)))
     return MatrixError(502, "M_UNKNOWN", fallback)
+
+
+async def unless_stopping(request: web.Request, work: Awaitable[T]) -> T | None:
+    """Run `work` (waiting on an upstream long-poll) but give up when the proxy is stopping, so a
+    restart never waits for a 30 s /sync. Only the wait is cut: nothing was received, nothing is
+    lost (the server deletes to-device messages only when a later `since` acknowledges them)."""
+    stopping = request.app[STOPPING]
+    if stopping.is_set():
+        return None
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None

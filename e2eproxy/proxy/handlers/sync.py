@@ -12,7 +12,12 @@ from e2eproxy.protocol.filters import apply_client_filter, widen_filter
 from e2eproxy.protocol.rewrite import strip_crypto_to_device, sync_slots
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.engine_io import call, process_sync
-from e2eproxy.proxy.handlers.common import forward_for_json, respond, token_info
+from e2eproxy.proxy.handlers.common import (
+    forward_for_json,
+    respond,
+    token_info,
+    unless_stopping,
+)
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.keys import UPSTREAM
@@ -49,6 +54,17 @@ def _with_filter(request: web.Request, upstream_filter: dict[str, Any]) -> str:
     return f"{request.path}?{urlencode(params)}"
 
 
+def _stopping_answer(request: web.Request) -> web.Response:
+    """The proxy is stopping mid long-poll: an empty sync at the same position (the client just
+    syncs again, reaching the restarted proxy), or a retryable error for an initial sync."""
+    since = request.query.get("since")
+    if since:
+        return web.json_response({"next_batch": since})
+    return web.json_response(
+        {"errcode": "M_UNKNOWN", "error": "e2eproxy is restarting; try again"}, status=503
+    )
+
+
 async def sync(request: web.Request) -> web.StreamResponse:
     info = await token_info(request)
     if info is None or info.account is None:
@@ -61,7 +77,9 @@ async def sync(request: web.Request) -> web.StreamResponse:
         widened = widen_filter(client_filter)
         if widened != client_filter or not request.query.get("filter", "").startswith("{"):
             path = _with_filter(request, widened)
-    answer = await forward_for_json(request, path_and_query=path)
+    answer = await unless_stopping(request, forward_for_json(request, path_and_query=path))
+    if answer is None:
+        return _stopping_answer(request)
     body = answer.data
     if answer.status != 200 or not isinstance(body, dict):
         return respond(answer)

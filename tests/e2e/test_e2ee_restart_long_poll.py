@@ -1,0 +1,55 @@
+"""SIGTERM with a client /sync long-poll open: the proxy stops within its shutdown timeout.
+
+A client behind the proxy nearly always has a long-poll open; a restart must not wait for it
+(aiohttp alone would wait twice its shutdown_timeout for a handler awaiting the upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import PeerFactory
+from tests.e2e.test_e2ee_restart import (  # noqa: F401  (fixtures)
+    SIGTERM_EXIT_S,
+    proxy,
+    session,
+    talking_pair,
+)
+from tests.support.processes import ProxyProcess
+from tests.support.synapse import SynapseServer
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
+    session: aiohttp.ClientSession,  # noqa: F811
+    proxy: ProxyProcess,  # noqa: F811
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    plain, _peer, _room = await talking_pair(session, proxy, synapse, nio_peers, localpart)
+    await plain.sync_once(timeout_ms=0)
+    long_poll = asyncio.create_task(
+        plain.client.request(
+            "GET",
+            "/_matrix/client/v3/sync",
+            params={"timeout": "30000", "since": str(plain.client.next_batch)},
+        )
+    )
+    await asyncio.sleep(0.3)
+    assert not long_poll.done(), long_poll
+    started = time.monotonic()
+    code = await asyncio.to_thread(proxy.terminate, 40.0)
+    took = time.monotonic() - started
+    assert code == 0, proxy.tail()
+    assert took < SIGTERM_EXIT_S, f"SIGTERM took {took:.1f} s with one long-poll open"
+    await asyncio.wait([long_poll], timeout=2)
+    assert long_poll.done()
+    long_poll.exception()  # answered or cut off: either is fine (the client syncs again)
+    # And the restart still works with the same token.
+    proxy.start()
+    assert (await plain.client.whoami())["device_id"] == plain.device_id
