@@ -121,6 +121,11 @@ class DeviceTracker:
     def query_sent(self, request_id: str, users: list[UserId]) -> None:
         self._in_flight[request_id] = {u: self.users[u].seq for u in users if u in self.users}
 
+    def is_outdated(self, user: UserId) -> bool:
+        """Never queried, or a device list change arrived since the last answer."""
+        record = self.users.get(user)
+        return user not in self.queried or (record is not None and record.dirty)
+
     def is_in_flight(self, user: UserId) -> bool:
         return any(user in batch for batch in self._in_flight.values())
 

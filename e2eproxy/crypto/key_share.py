@@ -59,12 +59,13 @@ class KeySharer:
         users = sorted(set(members) | {self._account.user_id})
         self._devices.track(users)
         now = self._clock.now_ms()
-        # A user whose first query is still in flight (sent by the background worker) is asked
-        # again here rather than skipped: skipping would share the key with none of their
-        # devices. The duplicate answer is harmless (sequence numbers guard the dirty flags).
+        # Members never queried, or whose device list changed since (a new device), are asked
+        # here, even when the background worker's query for them is still in flight: skipping
+        # them would leave their (new) devices without the key. A duplicate answer is harmless
+        # (sequence numbers guard the dirty flags).
         never = [
             u for u in users
-            if u not in self._devices.queried
+            if self._devices.is_outdated(u)
             and not self._devices.server_failures.is_failing(server_of(u), now)
         ]
         if never:

@@ -32,6 +32,9 @@ def _world() -> tuple[FakeServer, Client, Client, dict[str, Any], dict[str, Any]
     to_device = server.inbox[bob.key][0]
     event = server.post_event(ROOM, alice.user_id,
                               alice.machine.encrypt(ROOM, "m.room.message", {"body": "x"}))
+    # Bob holds the genuine key before any fuzzing: what follows must not take it from him.
+    bob.tick()
+    assert bob.read(ROOM, event) == "x"
     return server, alice, bob, to_device, event
 
 

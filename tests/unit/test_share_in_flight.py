@@ -28,3 +28,21 @@ def test_share_queries_a_member_whose_first_query_is_in_flight() -> None:
         assert "shared" in str(exc) or "session" in str(exc)
     else:
         raise AssertionError("encrypted before the members' devices were known")
+
+
+def test_share_requeries_a_member_whose_device_list_changed() -> None:
+    """A new device announced by device_lists.changed must get the key of the next message,
+    even when the background worker has not re-queried its owner yet."""
+    from tests.support.machine_pair import Client, make_clients
+
+    server, (alice, bob) = make_clients("alice", "bob")
+    server.create_room(ROOM, alice.user_id, [bob.user_id])
+    alice.tick()
+    bob.tick()
+    alice.send(ROOM, "first")
+    bob2 = Client(server, bob.user_id, "BOBNEW")
+    bob2.flush()  # uploads the new device's keys: the server marks Bob's device list changed
+    alice.sync()  # Alice learns of the change, but sends before her worker re-queries Bob
+    shared_to = alice.share(ROOM)
+    recipients = {d for r in shared_to for d in r.body.get("messages", {}).get(bob.user_id, {})}
+    assert "BOBNEW" in recipients
