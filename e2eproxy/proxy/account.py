@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +46,31 @@ class Account:
     # Set when the homeserver says our token is dead: the worker waits for a new one.
     token_valid: asyncio.Event = field(default_factory=asyncio.Event)
 
+    # Client long-polls in flight; the background sync pauses while there are any.
+    client_polls: int = 0
+    client_idle: asyncio.Event = field(default_factory=asyncio.Event)
+    background_poll: asyncio.Future[Any] | None = None
     # Fire-and-forget work (held here so it is not garbage-collected mid-flight).
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.token_valid.set()
+        self.client_idle.set()
+
+    @contextlib.contextmanager
+    def client_polling(self) -> Iterator[None]:
+        """Around a client's /sync wait upstream: the client's stream carries the to-device
+        messages now, so the background poll steps aside (cancelling it loses nothing)."""
+        self.client_polls += 1
+        self.client_idle.clear()
+        if self.background_poll is not None:
+            self.background_poll.cancel()
+        try:
+            yield
+        finally:
+            self.client_polls -= 1
+            if self.client_polls == 0:
+                self.client_idle.set()
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 from urllib.parse import quote
 
 from e2eproxy.errors import StoreLocked, UpstreamError
@@ -25,6 +26,8 @@ BACKGROUND_STREAM = "background"
 SYNC_TIMEOUT_MS = 30_000
 IDLE_DRAIN_S = 60.0
 MAX_BACKOFF_S = 60.0
+# A client re-polls within milliseconds of an answer; this long without one, it is not syncing.
+CLIENT_GRACE_S = 0.5
 CRYPTO_FILTER = {
     "presence": {"not_types": ["*"]},
     "account_data": {"not_types": ["*"]},
@@ -66,20 +69,44 @@ async def stop_worker(account: Account) -> None:
     await asyncio.gather(*account.background, return_exceptions=True)
 
 
+async def _background_poll(upstream: Upstream, account: Account, path: str) -> tuple[int, Any]:
+    """One background /sync, cancelled by a client long-poll starting (see Account)."""
+    poll = asyncio.ensure_future(
+        upstream.request_json(
+            "GET", path, access_token=account.access_token, long_poll=SYNC_TIMEOUT_MS
+        )
+    )
+    account.background_poll = poll
+    try:
+        await asyncio.wait({poll})
+    finally:
+        account.background_poll = None
+        poll.cancel()
+    if poll.cancelled():
+        return -1, None  # a client took over the stream: nothing was received, nothing lost
+    try:
+        return poll.result()
+    except UpstreamError as exc:
+        return 0, {"error": exc.message}
+
+
 async def _sync_loop(upstream: Upstream, account: Account) -> None:
     since = await account.store.get_sync_token(account.key, BACKGROUND_STREAM)
     backoff = 1.0
     while True:
         await account.token_valid.wait()
+        # While the client long-polls, its syncs feed the engine: polling too would double the
+        # homeserver's work for every event. Resume once it has been quiet for a moment.
+        await account.client_idle.wait()
+        await asyncio.sleep(CLIENT_GRACE_S)
+        if not account.client_idle.is_set():
+            continue
         path = f"/_matrix/client/v3/sync?filter={_FILTER_PARAM}&set_presence=offline"
         if since:
             path += f"&since={quote(since)}&timeout={SYNC_TIMEOUT_MS}"
-        try:
-            status, body = await upstream.request_json(
-                "GET", path, access_token=account.access_token, long_poll=SYNC_TIMEOUT_MS
-            )
-        except UpstreamError as exc:
-            status, body = 0, {"error": exc.message}
+        status, body = await _background_poll(upstream, account, path)
+        if status == -1:
+            continue
         if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
             await process_sync(account, body, BACKGROUND_STREAM)
             since = body["next_batch"]

@@ -77,7 +77,8 @@ async def sync(request: web.Request) -> web.StreamResponse:
         widened = widen_filter(client_filter)
         if widened != client_filter or not request.query.get("filter", "").startswith("{"):
             path = _with_filter(request, widened)
-    answer = await unless_stopping(request, forward_for_json(request, path_and_query=path))
+    with account.client_polling():
+        answer = await unless_stopping(request, forward_for_json(request, path_and_query=path))
     if answer is None:
         return _stopping_answer(request)
     body = answer.data

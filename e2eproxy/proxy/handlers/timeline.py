@@ -38,7 +38,8 @@ def decrypting(find: SlotFinder) -> Callable[[web.Request], Any]:
         slots = list(find(request, answer.data))
         if not slots:
             return respond(answer)
-        await decrypt_in_place(request, info.account, slots)
+        # Like /sync: a fresh event whose key is still on its way is worth a short wait.
+        await decrypt_in_place(request, info.account, slots, wait=True)
         return respond(answer, answer.data)
 
     return handler
