@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import REPO, Report, machine_info, markdown, table
 
-STUB_WORKLOADS = ("passthrough", "send", "decrypt", "share")
+STUB_WORKLOADS = ("passthrough", "send", "decrypt", "share", "media")
 ALL = (*STUB_WORKLOADS, "state", "synapse", "engine")
 MODULES = {"synapse": "synapse_passthrough"}
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
