@@ -106,9 +106,12 @@ class Account:
 
     async def wait_for_keys(self, timeout: float) -> bool:
         """Wait until new room keys arrive (True) or `timeout` seconds pass (False)."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that lands as the wait completes, and a task that ignores its cancel never stops.
         async with self.keys_arrived:
             try:
-                await asyncio.wait_for(self.keys_arrived.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.keys_arrived.wait()
             except TimeoutError:
                 return False
             return True

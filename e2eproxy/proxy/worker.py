@@ -28,6 +28,7 @@ IDLE_DRAIN_S = 60.0
 MAX_BACKOFF_S = 60.0
 # A client re-polls within milliseconds of an answer; this long without one, it is not syncing.
 CLIENT_GRACE_S = 0.5
+STOP_TIMEOUT_S = 5.0
 CRYPTO_FILTER = {
     "presence": {"not_types": ["*"]},
     "account_data": {"not_types": ["*"]},
@@ -61,9 +62,11 @@ def start_worker(upstream: Upstream, account: Account) -> None:
 async def stop_worker(account: Account) -> None:
     for task in account.tasks:
         task.cancel()
-    for task in account.tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    if account.tasks:
+        # Bounded: a stop (logout, shutdown) must never hang on one stuck task.
+        _, stuck = await asyncio.wait(account.tasks, timeout=STOP_TIMEOUT_S)
+        for task in stuck:
+            log.error("Worker task %s did not stop in time", task.get_name())
     account.tasks = []
     # Let fire-and-forget writes finish before the store closes.
     await asyncio.gather(*account.background, return_exceptions=True)
@@ -131,7 +134,8 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
 async def _outgoing_loop(upstream: Upstream, account: Account) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(account.wake_outgoing.wait(), IDLE_DRAIN_S)
+            async with asyncio.timeout(IDLE_DRAIN_S):  # not wait_for: see Account.wait_for_keys
+                await account.wake_outgoing.wait()
         account.wake_outgoing.clear()
         await account.token_valid.wait()
         try:

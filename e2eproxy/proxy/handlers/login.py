@@ -29,9 +29,8 @@ async def login(request: web.Request) -> web.StreamResponse:
             try:
                 info = await request.app[REGISTRY].attach(user_id, device_id, token)
                 if info.account is not None:
-                    await asyncio.wait_for(
-                        drain_outgoing(request.app[UPSTREAM], info.account), KEY_UPLOAD_WAIT_S
-                    )
+                    async with asyncio.timeout(KEY_UPLOAD_WAIT_S):
+                        await drain_outgoing(request.app[UPSTREAM], info.account)
             except (E2EProxyError, TimeoutError) as exc:
                 log.warning(
                     "Login of %s %s: crypto set-up not finished: %s", user_id, device_id, exc
