@@ -3,7 +3,8 @@
 Runs the workloads in one process, interleaving the variants each compares (A B A B ...), and
 prints one table (medians, p90, ratios, targets); the same rows go to the JSON file.
 Workloads: passthrough, send, decrypt, share (with a matrix-nio client for comparison, unless
---no-nio), state (against the stub homeserver), synapse (pass-through against a real Synapse),
+--no-nio), media (100 MB encrypted up and down), state (against the stub homeserver), synapse
+(pass-through against a real Synapse),
 engine (the engine alone vs raw vodozemac, and bench_store's save latency).
 ``--profile NAME`` runs one workload with the proxy child under cProfile and prints the top
 functions.
