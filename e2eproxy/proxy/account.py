@@ -15,7 +15,6 @@ from e2eproxy.store import AccountKey, Store
 # A member list fetched from the server is trusted this long unless a membership event or a
 # membership request through the proxy makes it stale first.
 MEMBERS_TTL_S = 300.0
-PLAIN_ROOM_TTL_S = 30.0
 
 
 @dataclass(eq=False)
@@ -36,9 +35,6 @@ class Account:
     wake_outgoing: asyncio.Event = field(default_factory=asyncio.Event)
     room_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     members: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
-    # Rooms the server said were unencrypted, and when: trusted briefly, because encryption can
-    # be switched on at any moment (the syncs tell the engine at once, this only saves a GET).
-    plain_rooms: dict[str, float] = field(default_factory=dict)
     # Sync filters the client created, by id (a filter never changes once created).
     filters: dict[str, dict[str, Any]] = field(default_factory=dict)
     keys_arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -124,10 +120,6 @@ class Account:
 
     def set_members(self, room_id: str, members: list[str]) -> None:
         self.members[room_id] = (time.monotonic(), members)
-
-    def known_plain(self, room_id: str) -> bool:
-        seen = self.plain_rooms.get(room_id)
-        return seen is not None and time.monotonic() - seen < PLAIN_ROOM_TTL_S
 
     def members_changed(self, room_id: str) -> None:
         self.members.pop(room_id, None)

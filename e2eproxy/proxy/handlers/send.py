@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -40,12 +39,11 @@ async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) 
     """What we know, or else what the server says; any doubt is an error, never 'no'."""
     if account.machine.is_room_encrypted(room_id):
         return True
-    if account.known_plain(room_id):
-        return False
     path = f"{V3}/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
     status, body = await call(upstream, account, "GET", path, attempts=2)
     if status == 404:
-        account.plain_rooms[room_id] = time.monotonic()
+        # Not cached: encryption may be switched on at any moment, and a stale "plain" would
+        # send the next message in the clear. One GET per plain send is the price.
         return False
     if status != 200 or not isinstance(body, dict):
         raise server_error(
