@@ -7,7 +7,6 @@ the room history straight from Synapse and asserts that the messages there are o
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -21,6 +20,7 @@ import pytest
 from tests.e2e.client import PlainClient
 from tests.e2e.conftest import PeerFactory
 from tests.support.nio_peer import MEGOLM, NioPeer, assert_ciphertext_only, encryption_state
+from tests.support.plain_client import megolm_message_index
 from tests.support.synapse import SynapseServer
 
 pytestmark = pytest.mark.e2e
@@ -134,19 +134,6 @@ def decrypted_message(event: dict[str, Any] | None, body: str, sender: str) -> N
     assert event["content"].get("body") == body, show(event)
     assert event["sender"] == sender, show(event)
     assert "ciphertext" not in event["content"], show(event)
-
-
-def megolm_message_index(ciphertext: str) -> int:
-    """The message index in a Megolm message: version byte 3, then protobuf field 1 (varint)."""
-    data = base64.b64decode(ciphertext + "=" * (-len(ciphertext) % 4))
-    assert data[0] == 3 and data[1] == 0x08, f"not a Megolm v1 message: {data[:4]!r}"
-    index, shift = 0, 0
-    for byte in data[2:]:
-        index |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return index
-    raise AssertionError("truncated varint in a Megolm message")
 
 
 async def plain_with_peer_room(

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.support.plain_client import PlainClient, encrypted_room_of, login_all, media_path
+from tests.support.processes import peak_rss_mb
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.synapse import free_port
 
@@ -30,13 +31,6 @@ MAX_GROWTH_MB = 20
 # The slow reader: small reads, a tiny pause after each.
 READ_SIZE = 64 * 1024
 READ_PAUSE_S = 0.001
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc status")
 
 
 def piece(i: int) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.processes import wait_for_line
+from tests.support.processes import peak_rss_mb, wait_for_line
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.synapse import free_port
 
@@ -24,13 +24,6 @@ BODY_MB = 50
 CHUNK = 1024 * 1024
 # Far below the body size: buffering the body whole would blow through this at once.
 MAX_GROWTH_MB = 16
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc status")
 
 
 def chunk(i: int) -> bytes:

@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import IO
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM) in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
 def wait_for_line(stream: IO[str], needle: str, max_lines: int = 50) -> str:
     """Read lines until one contains `needle` (warnings may come first); '' at end of stream."""
     for _ in range(max_lines):
