@@ -16,7 +16,7 @@ from aiohttp import web
 
 from e2eproxy.errors import LocalProtocolError, MatrixError
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.accounts import TokenInfo
+from e2eproxy.proxy.accounts import TokenInfo, token_of
 from e2eproxy.proxy.engine_io import call, share_room_key
 from e2eproxy.proxy.handlers.common import (
     forward_for_json,
@@ -184,19 +184,13 @@ async def _send_without_keys(
     """A device whose keys we do not hold may still write into unencrypted rooms."""
     path = f"{V3}/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
     status, body = await request.app[UPSTREAM].request_json(
-        "GET", path, access_token=_token(request)
+        "GET", path, access_token=token_of(request)
     )
     if status == 200:
         raise refuse(info)
     if status != 404:
         raise server_error(status, body, "Could not tell whether the room is encrypted")
     return respond(await forward_for_json(request, body=raw))
-
-
-def _token(request: web.Request) -> str | None:
-    from e2eproxy.proxy.accounts import token_of
-
-    return token_of(request)
 
 
 async def create_room(request: web.Request) -> web.StreamResponse:
