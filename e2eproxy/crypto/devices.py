@@ -49,6 +49,11 @@ class DeviceTracker:
         self._by_curve: dict[str, DeviceRecord] = {}
         self._seq = 0
         self._in_flight: dict[str, dict[UserId, int]] = {}
+        # Queries are numbered as they are sent; an answer older than one already applied for a
+        # user is stale (two queries for one user can be in flight and answer out of order).
+        self._query_order = 0
+        self._sent_order: dict[str, int] = {}
+        self._applied_order: dict[UserId, int] = {}
         self.queried: set[UserId] = set()
         self.server_failures = FailuresCache()
 
@@ -104,6 +109,7 @@ class DeviceTracker:
         for user in users:
             if user == self._own_user:
                 continue
+            self._applied_order.pop(user, None)
             record = self.users.pop(user, None)
             if record is not None:
                 record.tracked = False
@@ -120,6 +126,8 @@ class DeviceTracker:
 
     def query_sent(self, request_id: str, users: list[UserId]) -> None:
         self._in_flight[request_id] = {u: self.users[u].seq for u in users if u in self.users}
+        self._query_order += 1
+        self._sent_order[request_id] = self._query_order
 
     def is_outdated(self, user: UserId) -> bool:
         """Never queried, or a device list change arrived since the last answer."""
@@ -131,6 +139,7 @@ class DeviceTracker:
 
     def query_failed(self, request_id: str, now_ms: int) -> None:
         batch = self._in_flight.pop(request_id, {})
+        self._sent_order.pop(request_id, None)
         for server in {server_of(u) for u in batch}:
             self.server_failures.failed(server, now_ms)
 
@@ -138,6 +147,7 @@ class DeviceTracker:
     def receive_query(self, request_id: str, response: Any, now_ms: int) -> DeviceUpdate:
         """Apply a ``/keys/query`` answer; never raises on malformed data."""
         batch = self._in_flight.pop(request_id, {})
+        order = self._sent_order.pop(request_id, 0)
         update = DeviceUpdate()
         if not isinstance(response, dict):
             return update
@@ -151,6 +161,9 @@ class DeviceTracker:
             if server_of(user) in failed_servers or user not in answered:
                 continue
             self.server_failures.succeeded(server_of(user))
+            if order < self._applied_order.get(user, 0):
+                continue  # a later query's answer is already applied: this one is older news
+            self._applied_order[user] = order
             devices = answered[user]
             self._apply_user(user, devices if isinstance(devices, dict) else {}, update)
             self.queried.add(user)

@@ -86,6 +86,24 @@ def test_missing_device_is_marked_deleted() -> None:
     assert tracker.active_devices(BOB) == []
 
 
+def test_older_answer_arriving_last_does_not_undo_a_newer_one() -> None:
+    """Two queries for one user in flight (the worker's and a send's) may answer out of order:
+    the one sent first knows less, and must not delete a device the later one found."""
+    _bob, devices = _bob_keys()
+    tracker = _tracker()
+    tracker.query_sent("before-new-device", [BOB])
+    tracker.mark_changed([BOB])
+    tracker.query_sent("after-new-device", [BOB])
+    tracker.receive_query("after-new-device", {"device_keys": {BOB: devices}}, 0)
+    update = tracker.receive_query("before-new-device", {"device_keys": {BOB: {}}}, 0)
+    assert update.removed == []
+    assert [d.device_id for d in tracker.active_devices(BOB)] == ["BOBDEV"]
+    assert not tracker.is_outdated(BOB)
+    # A query sent later still applies, removals included.
+    _answer(tracker, {})
+    assert tracker.active_devices(BOB) == []
+
+
 def test_failing_server_backs_off_15s_doubling_to_15min() -> None:
     cache = FailuresCache()
     delays = []
