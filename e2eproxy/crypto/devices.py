@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ from e2eproxy.crypto.changes import ChangeLog, DeviceRecord, TrackedUserRecord
 from e2eproxy.crypto.settings import LocalTrust
 from e2eproxy.protocol.canonical import verify_json
 from e2eproxy.types import DeviceId, UserId
+
+logger = logging.getLogger(__name__)
 
 MAX_QUERY_USERS = 250
 
@@ -162,10 +165,13 @@ class DeviceTracker:
                 continue
             self.server_failures.succeeded(server_of(user))
             if order < self._applied_order.get(user, 0):
+                logger.debug("ignoring an older /keys/query answer for %s", user)
                 continue  # a later query's answer is already applied: this one is older news
             self._applied_order[user] = order
             devices = answered[user]
             self._apply_user(user, devices if isinstance(devices, dict) else {}, update)
+            active = sorted(d.device_id for d in self.active_devices(user))
+            logger.debug("devices of %s: %s", user, active)
             self.queried.add(user)
             record = self.users.get(user)
             if record is not None and record.seq == seq and record.dirty:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ from e2eproxy.crypto.settings import (
 from e2eproxy.protocol import api
 from e2eproxy.protocol.api import OutgoingRequest
 from e2eproxy.types import DeviceId, RoomId, UserId
+
+logger = logging.getLogger(__name__)
 
 MAX_TO_DEVICE_MESSAGES = 250
 WITHHELD_REASONS = {
@@ -143,6 +146,12 @@ class KeySharer:
                 device.no_olm_sent = True
                 self._devices.save(device)
                 withheld.append((device, "m.no_olm"))
+        if encrypted or withheld:
+            logger.debug(
+                "room key %s of %s: sending to %s, withheld from %s", record.session.session_id,
+                record.room_id, [f"{d.user_id}/{d.device_id}" for d, _ in encrypted],
+                [f"{d.user_id}/{d.device_id}:{code}" for d, code in withheld],
+            )
         requests: list[OutgoingRequest] = []
         for chunk in _chunks(encrypted):
             request = api.to_device("m.room.encrypted", _messages(chunk))

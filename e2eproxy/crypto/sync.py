@@ -63,7 +63,6 @@ class SyncProcessor:
         self._p = parts
         self._now_ms = now_ms
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._batches: OrderedDict[str, None] = OrderedDict()
         self.inbound_complete = False
 
     def load_hashes(self, hashes: list[str]) -> None:
@@ -74,13 +73,9 @@ class SyncProcessor:
         result = SyncResult()
         if not isinstance(body, dict):
             return result
-        token = body.get("next_batch")
-        if isinstance(token, str):
-            if token in self._batches:
-                return result
-            self._batches[token] = None
-            if len(self._batches) > 64:
-                self._batches.popitem(last=False)
+        # No de-duplication by ``next_batch``: two streams (the client's and ours) reach the same
+        # token from different ``since`` tokens and filters, with different contents (an initial
+        # sync lists no device list changes). Every part below is idempotent on its own.
         for event in _list(body, "to_device", "events"):
             try:
                 self._to_device(event, result)
@@ -99,6 +94,8 @@ class SyncProcessor:
     def _device_lists(self, lists: dict[str, Any]) -> None:
         changed = [UserId(u) for u in _list(lists, "changed") if isinstance(u, str)]
         left = [UserId(u) for u in _list(lists, "left") if isinstance(u, str)]
+        if changed or left:
+            logger.debug("device lists changed: %s, left: %s", changed, left)
         self._p.devices.mark_changed(changed)
         self._p.devices.untrack(left)
 

@@ -36,6 +36,19 @@ def test_change_during_query_keeps_user_dirty() -> None:
     assert _queries(alice) == []
 
 
+def test_same_next_batch_from_another_stream_still_marks_changes() -> None:
+    """The proxy's own sync and the client's reach one token from different `since` tokens: an
+    initial sync lists no device list changes, the client's incremental one does."""
+    server, (alice, bob) = make_clients("alice", "bob")
+    server.create_room(ROOM, alice.user_id, [bob.user_id])
+    alice.tick()
+    assert _queries(alice) == []
+    alice.machine.receive_sync({"next_batch": "s25"})  # e.g. the worker's initial sync
+    alice.machine.receive_sync({"next_batch": "s25", "device_lists": {"changed": [bob.user_id]}})
+    (query,) = _queries(alice)
+    assert bob.user_id in query.body["device_keys"]
+
+
 def _tracker() -> DeviceTracker:
     tracker = DeviceTracker(UserId("@me:test"), DeviceId("ME"), "", ChangeLog())
     tracker.track([BOB])
