@@ -113,6 +113,11 @@ async def drain_outgoing(upstream: Upstream, account: Account, rounds: int = 5) 
             await asyncio.gather(*(send_engine_request(upstream, account, r) for r in requests))
 
 
+# The two sync streams fed to the engine; each keeps its own token in the store.
+CLIENT_STREAM = "client"
+BACKGROUND_STREAM = "background"
+
+
 async def process_sync(account: Account, body: dict[str, Any], stream: str) -> SyncResult:
     """Feed a /sync body to the engine and persist it with the stream's next token."""
     token = body.get("next_batch")

@@ -16,13 +16,17 @@ from urllib.parse import quote
 
 from e2eproxy.errors import StoreLocked, UpstreamError
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.engine_io import drain_outgoing, process_sync
+from e2eproxy.proxy.engine_io import (
+    BACKGROUND_STREAM,
+    CLIENT_STREAM,
+    drain_outgoing,
+    process_sync,
+)
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import RENEW_EVERY_MS
 
 log = logging.getLogger(__name__)
 
-BACKGROUND_STREAM = "background"
 SYNC_TIMEOUT_MS = 30_000
 IDLE_DRAIN_S = 60.0
 MAX_BACKOFF_S = 60.0
@@ -104,6 +108,10 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         await asyncio.sleep(CLIENT_GRACE_S)
         if not account.client_idle.is_set():
             continue
+        if not since:
+            # Start where the client's stream is, when it has one: an initial sync is heavy and
+            # tells nothing the client's syncs have not already fed the engine.
+            since = await account.store.get_sync_token(account.key, CLIENT_STREAM)
         path = f"/_matrix/client/v3/sync?filter={_FILTER_PARAM}&set_presence=offline"
         if since:
             path += f"&since={quote(since)}&timeout={SYNC_TIMEOUT_MS}"

@@ -288,3 +288,31 @@ async def test_undecryptable_raw_mode_passes_the_encrypted_event(
     assert seen["content"] == stored["content"]
     single = await bob.event(room_id, event_id)
     assert single["type"] == "m.room.encrypted"
+
+
+async def test_background_sync_starts_from_the_clients_token(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """With no token of its own, the proxy's sync continues from the client's stream instead of
+    an initial sync (heavy on a large account, and nothing in it the engine lacks)."""
+    proxy = await start_e2ee_proxy()
+    # The first /sync after login is the proxy's own initial one: hold it until the client's
+    # sync makes it step aside.
+    hold = stub.faults.add(r"/sync$", method="GET", delay=30.0, times=1)
+    (bob,) = await login_all(session, proxy.url, stub, "bob")
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5
+    while hold.hits == 0:
+        assert loop.time() < end, "the proxy's background sync never started"
+        await asyncio.sleep(0.02)
+    await bob.sync()
+    assert bob.next_batch
+    end = loop.time() + 5
+    while True:
+        ours = [r for r in stub.requests_to(r"/sync$", "GET") if "set_presence" in r.query]
+        if len(ours) >= 2:
+            break
+        assert loop.time() < end, "the proxy's background sync did not resume"
+        await asyncio.sleep(0.02)
+    assert "since" not in ours[0].query
+    assert ours[1].query.get("since") == bob.next_batch
