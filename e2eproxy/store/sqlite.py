@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -154,6 +155,15 @@ class SqliteTxn:
         )
 
 
+def _owner_only(path: Path) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm files the same mode), and
+    tighten one that an older version created readable by others: values are encrypted, but
+    who talks to whom and when is not."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+
+
 class SqliteBackend:
     """Owns the connection and the writer thread; see the module docstring."""
 
@@ -226,7 +236,8 @@ class SqliteBackend:
         return result
 
     def _open_on_writer(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _owner_only(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None)
         self._conn = conn
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -276,6 +287,15 @@ class SqliteBackend:
         self._keys = None
         if conn is not None:
             conn.close()
+
+
+def _owner_only(path: Path) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm files the same mode), and
+    tighten one that an older version created readable by others: values are encrypted, but
+    who talks to whom and when is not."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
 
 
 class SqliteStore(RecordStore):

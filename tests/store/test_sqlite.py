@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,20 @@ async def test_wrong_or_missing_passphrase_is_refused_before_any_write(
     assert _fingerprint(tmp_path) == before
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_database_files_readable_by_owner_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, passphrase="pw", scrypt_n=FAST)
+    await store.open()
+    await store.save(ALICE, full_changes())
+    files = sorted(tmp_path.glob(DB_NAME + "*"))
+    assert {p.name for p in files} >= {DB_NAME, DB_NAME + "-wal"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+    await store.close()
+    (tmp_path / DB_NAME).chmod(0o644)  # as an older version left it
+    await store.open()
+    assert stat.S_IMODE((tmp_path / DB_NAME).stat().st_mode) == 0o600
+    await store.close()
 
 
 async def test_keyring_store(tmp_path: Path) -> None:
