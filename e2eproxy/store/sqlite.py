@@ -289,15 +289,6 @@ class SqliteBackend:
             conn.close()
 
 
-def _owner_only(path: Path) -> None:
-    """Create the database file 0600 (SQLite gives its -wal and -shm files the same mode), and
-    tighten one that an older version created readable by others: values are encrypted, but
-    who talks to whom and when is not."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-
-
 class SqliteStore(RecordStore):
     """The default ``Store``: ``SqliteStore(data_dir, passphrase=..., use_keyring=...)``."""
 
