@@ -52,8 +52,10 @@ def add_routes(app: web.Application) -> None:
     ):
         for kind in ("download", "thumbnail"):
             item = f"{base}/{kind}/{{server}}/{{media_id}}"
-            _add(router, "GET", item, versions, media.download)
-            _add(router, "GET", item + "/{filename}", versions, media.download)
+            # HEAD too: a held upload exists only here, and the server would wait for it.
+            for method in ("GET", "HEAD"):
+                _add(router, method, item, versions, media.download)
+                _add(router, method, item + "/{filename}", versions, media.download)
     _add(router, "GET", room + "/messages", CLIENT, timeline.messages)
     _add(router, "GET", room + "/context/{event}", CLIENT, timeline.context)
     _add(router, "GET", room + "/event/{event}", CLIENT, timeline.event)

@@ -252,3 +252,29 @@ async def test_both_prefixes(
     async with http.post(f"{proxy_url}{prefix}/login", json=body) as response:
         assert response.status == 200
         assert (await response.json())["user_id"] == "@erin:stub.test"
+
+
+async def test_get_and_head_of_a_file_just_uploaded(
+    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+) -> None:
+    """An upload is held by the proxy until it is sent somewhere: GET and HEAD are answered
+    here (the server would wait for content it does not have yet), HEAD without a body."""
+    token = await login(http, proxy_url, stub, "dave")
+    payload = b"small file \x00\xff" * 100
+    async with http.post(
+        f"{proxy_url}/_matrix/media/v3/upload?filename=a.bin",
+        data=payload,
+        headers={**bearer(token), "Content-Type": "application/x-small"},
+    ) as response:
+        mxc = (await response.json())["content_uri"]
+    server_name, media_id = mxc.removeprefix("mxc://").split("/")
+    url = f"{proxy_url}/_matrix/client/v1/media/download/{server_name}/{media_id}"
+    async with http.get(url, headers=bearer(token)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/x-small"
+        assert "Content-Disposition" in response.headers
+        assert response.headers["Content-Length"] == str(len(payload))
+        assert await response.read() == payload
+    async with http.head(url, headers=bearer(token)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == str(len(payload))

@@ -225,7 +225,8 @@ async def _serve(
     response.headers["Content-Security-Policy"] = MEDIA_CSP
     response.headers["Cache-Control"] = "private, max-age=0"
     await response.prepare(request)
-    async for chunk in source:
-        await response.write(chunk)
+    if request.method != "HEAD":  # aiohttp would put a streamed body on a HEAD answer
+        async for chunk in source:
+            await response.write(chunk)
     await response.write_eof()
     return response
