@@ -7,6 +7,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from e2eproxy.errors import UpstreamError
 from e2eproxy.proxy.accounts import token_of
 from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
@@ -14,6 +15,9 @@ from e2eproxy.proxy.upstream import forward_request_headers, forward_response_he
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024
+# A body announced this small is read whole and answered in one write with its headers: most
+# Matrix API answers are a few hundred bytes, and streaming costs them extra writes.
+BUFFER_LIMIT = 64 * 1024
 
 
 def _request_body(request: web.Request) -> object:
@@ -39,10 +43,24 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     ) as upstream_response:
         if upstream_response.status == 401:
             _forget_token(request)
+        headers = forward_response_headers(upstream_response.headers)
+        length = upstream_response.content_length
+        if length is not None and length <= BUFFER_LIMIT and request.method != "HEAD":
+            try:
+                body = await upstream_response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamError(502, "The homeserver sent a broken response") from exc
+            del headers["Content-Length"]  # set again from the body
+            return web.Response(
+                status=upstream_response.status,
+                reason=upstream_response.reason,
+                headers=headers,
+                body=body,
+            )
         response = web.StreamResponse(
             status=upstream_response.status,
             reason=upstream_response.reason,
-            headers=forward_response_headers(upstream_response.headers),
+            headers=headers,
         )
         await response.prepare(request)
         try:
