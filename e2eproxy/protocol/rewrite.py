@@ -42,7 +42,14 @@ class Slot:
 
 
 def is_encrypted(event: Any) -> bool:
-    return isinstance(event, dict) and event.get("type") == ENCRYPTED
+    """An encrypted event with ciphertext to decrypt. A redacted one has none left: it goes to
+    the client as it is, so it shows as deleted rather than as undecryptable."""
+    if not isinstance(event, dict) or event.get("type") != ENCRYPTED:
+        return False
+    unsigned = event.get("unsigned")
+    if isinstance(unsigned, dict) and "redacted_because" in unsigned:
+        return False
+    return event.get("content") != {}
 
 
 def _list_slots(room_id: str, events: Any) -> Iterator[Slot]:

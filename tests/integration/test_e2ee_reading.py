@@ -316,3 +316,27 @@ async def test_background_sync_starts_from_the_clients_token(
         await asyncio.sleep(0.02)
     assert "since" not in ours[0].query
     assert ours[1].query.get("since") == bob.next_batch
+
+
+async def test_redacted_encrypted_event_shows_as_deleted_not_undecryptable(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    alice, bob, room_id = await alice_and_bob(stub, session, start_e2ee_proxy)
+    event_id = await alice.send_text(room_id, "oops, wrong room")
+    await bob.wait_for_event(room_id, event_id)
+    redaction = await alice.call(
+        "PUT", f"/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/txn-redact", {}
+    )
+    assert redaction["event_id"]
+
+    def deleted(event: dict[str, Any]) -> None:
+        assert event["type"] == "m.room.encrypted"  # the server pruned it: nothing to decrypt
+        assert event["content"] == {}
+        assert event["unsigned"]["redacted_because"]["event_id"] == redaction["event_id"]
+
+    for client in (alice, bob):
+        [seen] = [e for e in await client.messages(room_id) if e["event_id"] == event_id]
+        deleted(seen)
+        deleted(await client.event(room_id, event_id))
+        context = await client.context(room_id, event_id)
+        deleted(context["event"])
