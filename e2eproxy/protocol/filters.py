@@ -50,8 +50,18 @@ def widen_filter(client_filter: dict[str, Any]) -> dict[str, Any]:
     return upstream
 
 
-def needs_widening(client_filter: dict[str, Any]) -> bool:
-    return widen_filter(client_filter) != client_filter
+def widen_room_event_filter(client_filter: dict[str, Any]) -> dict[str, Any]:
+    """A RoomEventFilter (/messages, /context) that lets the encrypted events through."""
+    upstream = copy.deepcopy(client_filter)
+    _widen_section(upstream, (ENCRYPTED,))
+    return upstream
+
+
+def filter_events(events: Any, client_filter: dict[str, Any]) -> Any:
+    """The client's own `types`/`not_types`, applied to decrypted events."""
+    if not isinstance(events, list):
+        return events
+    return [e for e in events if _allowed(e, client_filter)]
 
 
 def _allowed(event: Any, section: dict[str, Any]) -> bool:

@@ -193,6 +193,35 @@ async def test_client_type_filter_still_gets_decrypted_messages(
     assert upstream and all("m.room.encrypted" in r.query["filter"] for r in upstream)
 
 
+async def test_history_type_filters_still_get_decrypted_messages(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """/messages and /context take a RoomEventFilter: a client asking for `m.room.message` gets
+    its decrypted messages (the server only knows them as `m.room.encrypted`), and no other
+    type it did not ask for."""
+    alice, bob, room_id = await alice_and_bob(stub, session, start_e2ee_proxy)
+    first = await alice.send_text(room_id, "first")
+    reaction = await alice.send(
+        room_id,
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": first, "key": "x"}},
+        event_type="m.reaction",
+    )
+    second = await alice.send_text(room_id, "second")
+    only_messages = {"types": ["m.room.message"]}
+    chunk = await bob.messages(room_id, filter_=only_messages)
+    assert [(e["event_id"], e["type"]) for e in chunk] == [
+        (second, "m.room.message"), (first, "m.room.message")
+    ]
+    assert [e["content"]["body"] for e in chunk] == ["second", "first"]
+    no_messages = await bob.messages(room_id, filter_={"not_types": ["m.room.message"]})
+    ids = [e["event_id"] for e in no_messages]
+    assert reaction in ids and first not in ids and second not in ids
+    context = await bob.context(room_id, reaction, filter_=only_messages)
+    assert context["event"]["type"] == "m.reaction"  # the event asked for is always there
+    assert [e["event_id"] for e in context["events_before"]] == [first]
+    assert [e["event_id"] for e in context["events_after"]] == [second]
+
+
 async def test_olm_to_device_never_reaches_the_plain_client(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:

@@ -215,17 +215,23 @@ class PlainClient:
     def to_device_events(self) -> list[JsonDict]:
         return [e for b in self.sync_bodies for e in b.get("to_device", {}).get("events", [])]
 
-    async def messages(self, room_id: str, limit: int = 50, dir_: str = "b") -> list[JsonDict]:
-        body = await self.call(
-            "GET",
-            f"{V3}/rooms/{q(room_id)}/messages",
-            params={"dir": dir_, "limit": str(limit)},
-        )
+    async def messages(
+        self, room_id: str, limit: int = 50, dir_: str = "b", filter_: JsonDict | None = None
+    ) -> list[JsonDict]:
+        params = {"dir": dir_, "limit": str(limit)}
+        if filter_ is not None:
+            params["filter"] = json.dumps(filter_)
+        body = await self.call("GET", f"{V3}/rooms/{q(room_id)}/messages", params=params)
         return list(body["chunk"])
 
-    async def context(self, room_id: str, event_id: str, limit: int = 10) -> JsonDict:
+    async def context(
+        self, room_id: str, event_id: str, limit: int = 10, filter_: JsonDict | None = None
+    ) -> JsonDict:
+        params = {"limit": str(limit)}
+        if filter_ is not None:
+            params["filter"] = json.dumps(filter_)
         answer: JsonDict = await self.call(
-            "GET", f"{V3}/rooms/{q(room_id)}/context/{q(event_id)}", params={"limit": str(limit)}
+            "GET", f"{V3}/rooms/{q(room_id)}/context/{q(event_id)}", params=params
         )
         return answer
 

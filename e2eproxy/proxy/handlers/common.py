@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -29,6 +30,16 @@ class Answer:
     headers: CIMultiDict[str]
     raw: bytes
     data: Any
+
+
+def with_filter(request: web.Request, upstream_filter: dict[str, Any]) -> str:
+    """The request's path and query with its `filter` parameter replaced by `upstream_filter`."""
+    params = [
+        (k, v) for k, v in parse_qsl(request.query_string, keep_blank_values=True) if k != "filter"
+    ]
+    params.append(("filter", json.dumps(upstream_filter, separators=(",", ":"))))
+    raw_path = request.raw_path.split("?", 1)[0]  # still percent-encoded, as the client sent it
+    return f"{raw_path}?{urlencode(params)}"
 
 
 async def forward_for_json(

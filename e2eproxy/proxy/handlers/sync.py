@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -17,6 +17,7 @@ from e2eproxy.proxy.handlers.common import (
     respond,
     token_info,
     unless_stopping,
+    with_filter,
 )
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
 from e2eproxy.proxy.handlers.passthrough import passthrough
@@ -44,14 +45,6 @@ async def _client_filter(request: web.Request, account: Account) -> dict[str, An
     return cached
 
 
-def _with_filter(request: web.Request, upstream_filter: dict[str, Any]) -> str:
-    params = [
-        (k, v) for k, v in parse_qsl(request.query_string, keep_blank_values=True) if k != "filter"
-    ]
-    params.append(("filter", json.dumps(upstream_filter, separators=(",", ":"))))
-    return f"{request.path}?{urlencode(params)}"
-
-
 def _stopping_answer(request: web.Request) -> web.Response:
     """The proxy is stopping mid long-poll: an empty sync at the same position (the client just
     syncs again, reaching the restarted proxy), or a retryable error for an initial sync."""
@@ -74,7 +67,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     if client_filter is not None:
         widened = widen_filter(client_filter)
         if widened != client_filter or not request.query.get("filter", "").startswith("{"):
-            path = _with_filter(request, widened)
+            path = with_filter(request, widened)
     with account.client_polling():
         answer = await unless_stopping(request, forward_for_json(request, path_and_query=path))
     if answer is None:
