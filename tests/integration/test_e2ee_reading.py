@@ -220,6 +220,13 @@ async def test_history_type_filters_still_get_decrypted_messages(
     assert context["event"]["type"] == "m.reaction"  # the event asked for is always there
     assert [e["event_id"] for e in context["events_before"]] == [first]
     assert [e["event_id"] for e in context["events_after"]] == [second]
+    # /relations by event type: the server only sees m.room.encrypted relations.
+    [annotation] = await bob.relations(room_id, first, "m.annotation", "m.reaction")
+    assert (annotation["event_id"], annotation["type"]) == (reaction, "m.reaction")
+    assert await bob.relations(room_id, first, "m.annotation", "m.room.message") == []
+    assert [e["event_id"] for e in await bob.relations(room_id, first, "m.annotation")] == [
+        reaction
+    ]
 
 
 async def test_olm_to_device_never_reaches_the_plain_client(

@@ -239,8 +239,10 @@ class PlainClient:
         answer: JsonDict = await self.call("GET", f"{V3}/rooms/{q(room_id)}/event/{q(event_id)}")
         return answer
 
-    async def relations(self, room_id: str, event_id: str) -> list[JsonDict]:
-        body = await self.call("GET", f"{V1}/rooms/{q(room_id)}/relations/{q(event_id)}")
+    async def relations(self, room_id: str, event_id: str, *narrow: str) -> list[JsonDict]:
+        """`narrow`: the relation type, then optionally the event type."""
+        path = f"{V1}/rooms/{q(room_id)}/relations/{q(event_id)}"
+        body = await self.call("GET", "/".join([path, *(q(part) for part in narrow)]))
         return list(body["chunk"])
 
 

@@ -27,35 +27,53 @@ def _anywhere(find: Callable[[Any], Iterator[Slot]]) -> SlotFinder:
     return lambda request, body: find(body)
 
 
-def _room_event_filter(request: web.Request) -> dict[str, Any] | None:
-    """The client's RoomEventFilter when it filters by type (else there is nothing to adjust)."""
+# What to ask the server instead of the client's request (None: the same), and the type filter
+# to apply to the decrypted answer (None: no filtering).
+Adjustment = tuple[str | None, dict[str, Any] | None]
+
+
+def _room_event_filter(request: web.Request) -> Adjustment:
+    """/messages and /context take a RoomEventFilter: one by type is widened to let
+    `m.room.encrypted` through, then applied again after decryption."""
     try:
         parsed = json.loads(request.query.get("filter", ""))
     except ValueError:
-        return None
-    if isinstance(parsed, dict) and ("types" in parsed or "not_types" in parsed):
-        return parsed
-    return None
+        return None, None
+    if not (isinstance(parsed, dict) and ("types" in parsed or "not_types" in parsed)):
+        return None, None
+    widened = widen_room_event_filter(parsed)
+    return (with_filter(request, widened) if widened != parsed else None), parsed
 
 
-def decrypting(find: SlotFinder, filtered: tuple[str, ...] = ()) -> Callable[[web.Request], Any]:
+def _relations_by_type(request: web.Request) -> Adjustment:
+    """/relations/{event}/{rel_type}/{event_type}: the server matches `event_type` against the
+    outer type, `m.room.encrypted` for every encrypted relation. Ask for the relation type
+    alone and keep the events of the wanted type once decrypted."""
+    event_type = request.match_info.get("event_type")
+    if event_type is None:
+        return None, None
+    raw_path, _, query = request.raw_path.partition("?")
+    wider = raw_path.rsplit("/", 1)[0]
+    return (f"{wider}?{query}" if query else wider), {"types": [event_type]}
+
+
+def decrypting(
+    find: SlotFinder,
+    filtered: tuple[str, ...] = (),
+    adjust: Callable[[web.Request], Adjustment] = lambda request: (None, None),
+) -> Callable[[web.Request], Any]:
     """A handler that forwards the request and decrypts the events `find` locates.
 
-    With `filtered` (the answer's event lists a RoomEventFilter applies to), a client filter by
-    type is widened to let `m.room.encrypted` through, and applied again after decryption: a
-    client asking for `m.room.message` would otherwise get no encrypted message at all.
+    `adjust` may widen the request where the server would filter by type (it only knows the
+    encrypted events as `m.room.encrypted`); its type filter then applies to the answer's lists
+    named in `filtered`, once decrypted.
     """
 
     async def handler(request: web.Request) -> web.StreamResponse:
         info = await token_info(request)
         if info is None or info.account is None:
             return await passthrough(request)
-        client_filter = _room_event_filter(request) if filtered else None
-        path = None
-        if client_filter is not None:
-            widened = widen_room_event_filter(client_filter)
-            if widened != client_filter:
-                path = with_filter(request, widened)
+        path, client_filter = adjust(request)
         answer = await forward_for_json(request, path_and_query=path)
         if answer.status != 200 or not isinstance(answer.data, dict):
             return respond(answer)
@@ -74,10 +92,12 @@ def decrypting(find: SlotFinder, filtered: tuple[str, ...] = ()) -> Callable[[we
     return handler
 
 
-messages = decrypting(_in_room(rewrite.chunk_slots), filtered=("chunk",))
-context = decrypting(_in_room(rewrite.context_slots), filtered=("events_before", "events_after"))
+messages = decrypting(_in_room(rewrite.chunk_slots), ("chunk",), _room_event_filter)
+context = decrypting(
+    _in_room(rewrite.context_slots), ("events_before", "events_after"), _room_event_filter
+)
 event = decrypting(_in_room(rewrite.event_slots))
-relations = decrypting(_in_room(rewrite.chunk_slots))
+relations = decrypting(_in_room(rewrite.chunk_slots), ("chunk",), _relations_by_type)
 threads = decrypting(_in_room(rewrite.chunk_slots))
 notifications = decrypting(_anywhere(rewrite.notification_slots))
 search = decrypting(_anywhere(rewrite.search_slots))
