@@ -14,8 +14,10 @@ from e2eproxy.proxy.handlers.wellknown import well_known_client
 PASSTHROUGH_PREFIXES = ("/_matrix/", "/.well-known/", "/_synapse/client/")
 # Versions are spelled out rather than matched by a pattern: aiohttp indexes routes by their
 # literal prefix, so a request is then checked against a few routes instead of all of them.
-CLIENT = ("r0", "v3")
-CLIENT_V1 = ("r0", "v3", "v1")
+# Every client prefix the homeserver may accept (Synapse serves most endpoints under api/v1 or
+# unstable as well as r0 and v3): a send through any of them must be encrypted, and a /sync
+# through any of them must feed the engine, or it would acknowledge to-device keys unseen.
+CLIENT = ("api/v1", "r0", "v3", "v1", "unstable")
 MEDIA = ("r0", "v3", "v1")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,6 +42,7 @@ def add_routes(app: web.Application) -> None:
     _add(router, "POST", client + "/logout/all", CLIENT, login.logout)
     _add(router, "GET", client + "/sync", CLIENT, sync.sync)
     _add(router, "PUT", room + "/send/{type}/{txn}", CLIENT, send.send)
+    _add(router, "POST", room + "/send/{type}", CLIENT, send.send)  # the txn-less form
     _add(router, "POST", client + "/createRoom", CLIENT, send.create_room)
     for action in ("invite", "kick", "ban", "unban", "join", "leave"):
         _add(router, "POST", room + "/" + action, CLIENT, send.membership)
@@ -61,9 +64,13 @@ def add_routes(app: web.Application) -> None:
     _add(router, "GET", room + "/event/{event}", CLIENT, timeline.event)
     relations = room + "/relations/{event}"
     for suffix in ("", "/{rel_type}", "/{rel_type}/{event_type}"):
-        _add(router, "GET", relations + suffix, CLIENT_V1, timeline.relations)
-    _add(router, "GET", room + "/threads", CLIENT_V1, timeline.threads)
+        _add(router, "GET", relations + suffix, CLIENT, timeline.relations)
+    _add(router, "GET", room + "/threads", CLIENT, timeline.threads)
     _add(router, "GET", client + "/notifications", CLIENT, timeline.notifications)
     _add(router, "POST", client + "/search", CLIENT, timeline.search)
+    # Fail closed: any other shape of send (another prefix, method or nesting) is refused rather
+    # than forwarded, since forwarding would put plaintext into a room that may be encrypted.
+    router.add_route("*", r"/_matrix/client/{prefix:.+}/rooms/{room:[^/]*}/send{rest:(/.*)?}",
+                     send.unknown_send)
     for prefix in PASSTHROUGH_PREFIXES:
         router.add_route("*", prefix + "{tail:.*}", passthrough)

@@ -452,6 +452,35 @@ async def test_retried_txn_is_one_event_encrypted_once(
     assert indexes[1] == indexes[0] + 1, f"message indexes {indexes}: the retry re-encrypted"
 
 
+async def test_every_send_form_synapse_accepts_leaves_only_ciphertext(
+    session: aiohttp.ClientSession,
+    proxy_url: str,
+    synapse: SynapseServer,
+    nio_peers: PeerFactory,
+    localpart: str,
+) -> None:
+    """Synapse takes a txn-less POST and the api/v1 and unstable prefixes too; through the proxy
+    each is encrypted, and the peer reads them all."""
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy_url, synapse, nio_peers, localpart
+    )
+    sent = []
+    for method, version, tail in (
+        ("POST", "v3", "send/m.room.message"),
+        ("POST", "api/v1", "send/m.room.message"),
+        ("PUT", "unstable", f"send/m.room.message/{uuid.uuid4().hex}"),
+    ):
+        body = f"{method} {version}"
+        answer = await plain.client.request(
+            method, plain.room_path(room_id, tail, version), {"msgtype": "m.text", "body": body}
+        )
+        sent.append((answer["event_id"], body))
+    await peer.wait_for_bodies(room_id, [body for _, body in sent])
+    raw = await synapse.room_messages(peer.access_token, room_id)
+    encrypted = assert_ciphertext_only(raw)
+    assert [e["event_id"] for e in encrypted] == [event_id for event_id, _ in reversed(sent)]
+
+
 # -- (f) rotation_period_msgs from the room's encryption state ---------------------------------
 
 

@@ -113,6 +113,61 @@ async def test_same_txn_twice_is_one_event_encrypted_once(
     assert seen["content"] == content
 
 
+@pytest.mark.parametrize(
+    ("method", "prefix", "with_txn"),
+    [
+        ("POST", "v3", False),
+        ("POST", "r0", False),
+        ("PUT", "unstable", True),
+        ("PUT", "api/v1", True),
+        ("POST", "api/v1", False),
+    ],
+)
+async def test_every_form_of_send_the_server_accepts_is_encrypted(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    method: str,
+    prefix: str,
+    with_txn: bool,
+) -> None:
+    """Synapse also takes a txn-less POST and the api/v1 and unstable prefixes: none of them
+    may carry plaintext past the proxy."""
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    path = f"/_matrix/client/{prefix}/rooms/{room_id}/send/m.room.message"
+    if with_txn:
+        path += "/txn-variant"
+    content = {"msgtype": "m.text", "body": f"via {method} {prefix}"}
+    answer = await alice.call(method, path, content)
+    (stored,) = sent_events(stub, room_id)
+    assert stored["event_id"] == answer["event_id"]
+    assert_ciphertext_only(stub.raw_events(room_id))
+    seen = await bob.wait_for_event(room_id, answer["event_id"])
+    assert seen["content"] == content
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("PUT", "/m.room.message/txn/extra"), ("GET", "/m.room.message/txn"), ("PUT", "")],
+)
+async def test_any_other_shape_of_send_is_refused_not_forwarded(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    method: str,
+    suffix: str,
+) -> None:
+    (alice,) = await clients(stub, session, start_e2ee_proxy, "alice")
+    room_id = await encrypted_room_of(alice)
+    status, body = await alice.request(
+        method, f"/_matrix/client/v3/rooms/{room_id}/send{suffix}", {"body": "secret"}
+    )
+    assert status == 400 and body["errcode"] == "M_UNRECOGNIZED", body
+    assert stub.requests_to(r"/rooms/[^/]*/send") == []
+    assert sent_events(stub, room_id) == []
+
+
 async def test_created_encrypted_room_first_message_reaches_the_invitee(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -139,10 +140,21 @@ async def _send_encrypted(
     return web.json_response(body, status=status)
 
 
+async def unknown_send(request: web.Request) -> web.StreamResponse:
+    raise MatrixError(
+        400,
+        "M_UNRECOGNIZED",
+        "e2eproxy does not forward this form of room send (it could leak plaintext into an "
+        "encrypted room); use PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}",
+    )
+
+
 async def send(request: web.Request) -> web.StreamResponse:
     room_id = request.match_info["room"]
     event_type = request.match_info["type"]
-    txn = request.match_info["txn"]
+    # POST .../send/{type} has no txn id: one of ours keeps the encrypted path idempotent
+    # within this request (the client cannot retry it safely anyway).
+    txn = request.match_info.get("txn") or f"e2eproxy-{uuid.uuid4().hex}"
     info = await token_info(request)
     if info is None or event_type == "m.room.encrypted":
         # No token: the server refuses it. Already encrypted: the client did it itself.
