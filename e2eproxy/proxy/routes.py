@@ -49,6 +49,7 @@ def add_routes(app: web.Application) -> None:
     _add(router, "PUT", room + "/state/{type}/{key:.*}", CLIENT, send.publish_then_forward)
     _add(router, "PUT", client + "/profile/{user}/{field}", CLIENT, send.publish_then_forward)
     _add(router, "POST", "/_matrix/media/VERSION/upload", MEDIA, media.upload)
+    _add(router, "PUT", "/_matrix/media/VERSION/upload/{server}/{media_id}", MEDIA, media.upload_to)
     for base, versions in (
         ("/_matrix/client/VERSION/media", ("v1",)),
         ("/_matrix/media/VERSION", MEDIA),

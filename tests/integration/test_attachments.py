@@ -31,6 +31,7 @@ from tests.integration.conftest import RunningProxy, StartE2EEProxy
 from tests.support.plain_client import (
     MediaAnswer,
     PlainClient,
+    assert_ciphertext_only,
     encrypted_room_of,
     get_media,
     login_all,
@@ -263,6 +264,48 @@ async def test_image_with_thumbnail_into_an_encrypted_room(
     assert_served(await get_media(alice, url, api="v1"), PNG, "image/png")
     assert_served(await get_media(alice, url, "thumbnail", "v3", params=sizes), THUMB, "image/png")
     assert spool_files(proxy) == [], "downloads leave their ciphertext in the spool"
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+async def test_clients_own_asynchronous_upload_is_held_too(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_media_proxy: StartE2EEProxy,
+    encrypted: bool,
+) -> None:
+    """POST /create then PUT /upload/{server}/{id}: the file waits in the proxy as any upload
+    does, then goes up encrypted into an encrypted room (never in plaintext) or plain."""
+    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    if encrypted:
+        room_id = await encrypted_room_of(alice, bob)
+    else:
+        room_id = await alice.create_room(invite=[bob.user_id])
+        await bob.join(room_id)
+    reserved = await alice.call("POST", "/_matrix/media/v1/create", {})
+    mxc = reserved["content_uri"]
+    server_and_id = mxc.removeprefix("mxc://")
+    headers = {"Authorization": f"Bearer {alice.access_token}", "Content-Type": "image/png"}
+    async with session.put(
+        f"{alice.base_url}/_matrix/media/v3/upload/{server_and_id}?filename=secret-photo.png",
+        data=PNG,
+        headers=headers,
+    ) as response:
+        assert response.status == 200 and await response.json() == {}
+    assert stub_media(stub, mxc).content is None, "the file went up before any event"
+    assert_served(await get_media(alice, mxc, api="v1"), PNG, "image/png")
+
+    content = {"msgtype": "m.image", "body": "secret-photo.png", "url": mxc, "info": {}}
+    event_id = await alice.send(room_id, content)
+    stored = stub_media(stub, mxc).content
+    event = await bob.wait_for_event(room_id, event_id)
+    if encrypted:
+        assert stored is not None and stored != PNG and PNG[:8] not in stored
+        assert_ciphertext_only(stub.raw_events(room_id))
+        check_encrypted_file(event["content"]["file"], stored, PNG)
+    else:
+        assert stored == PNG
+        assert event["content"]["url"] == mxc
+    assert_served(await get_media(bob, mxc, api="v1"), PNG, "image/png")
 
 
 async def test_thumbnail_of_a_file_without_one_is_the_decrypted_file(

@@ -58,9 +58,28 @@ async def upload(request: web.Request) -> web.StreamResponse:
     info = await token_info(request)
     if info is None or info.account is None:
         return await passthrough(request)
-    account = info.account
+    mxc, placeholder = await _reserve(request, info.account)
+    await _hold(request, info.account, mxc, placeholder)
+    return web.json_response({"content_uri": mxc})
+
+
+async def upload_to(request: web.Request) -> web.StreamResponse:
+    """PUT /upload/{server}/{media_id}: the client's own asynchronous upload, into an id it
+    reserved with /create. Held like any upload: the server gets it, encrypted or not, once an
+    event says where it goes."""
+    info = await token_info(request)
+    if info is None or info.account is None:
+        return await passthrough(request)
+    mxc = f"mxc://{request.match_info['server']}/{request.match_info['media_id']}"
+    media = request.app[MEDIA].of(info.account)
+    if await media.get_pending(mxc) is not None or await media.known(mxc) is not None:
+        raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media ID already has content")
+    await _hold(request, info.account, mxc, placeholder=False)
+    return web.json_response({})
+
+
+async def _hold(request: web.Request, account: Account, mxc: str, placeholder: bool) -> None:
     service = request.app[MEDIA]
-    mxc, placeholder = await _reserve(request, account)
     name, key, size = await service.spool.write(request.content.iter_chunked(CHUNK))
     pending = PendingUpload(
         mxc=mxc,
@@ -75,7 +94,6 @@ async def upload(request: web.Request) -> web.StreamResponse:
         placeholder=placeholder,
     )
     await service.of(account).add_pending(pending)
-    return web.json_response({"content_uri": mxc})
 
 
 async def publish(
