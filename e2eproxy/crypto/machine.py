@@ -124,6 +124,10 @@ class OlmMachine:
         """Apply a ``/sync`` response body; idempotent; never raises on bad data."""
         return self._sync.process(body)
 
+    def mark_all_tracked_users_dirty(self) -> None:
+        """The sync position was lost: device list changes since then were never seen."""
+        self._devices.mark_changed(list(self._devices.users))
+
     def update_room_encryption(self, room_id: str, content: dict[str, Any]) -> None:
         """The shell learned a room's ``m.room.encryption`` content from the server."""
         self._sync.set_encryption(RoomId(room_id), content)

@@ -99,6 +99,7 @@ async def _background_poll(upstream: Upstream, account: Account, path: str) -> t
 
 async def _sync_loop(upstream: Upstream, account: Account) -> None:
     since = await account.store.get_sync_token(account.key, BACKGROUND_STREAM)
+    borrow_client_token = True
     backoff = 1.0
     while True:
         await account.token_valid.wait()
@@ -108,7 +109,7 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         await asyncio.sleep(CLIENT_GRACE_S)
         if not account.client_idle.is_set():
             continue
-        if not since:
+        if not since and borrow_client_token:
             # Start where the client's stream is, when it has one: an initial sync is heavy and
             # tells nothing the client's syncs have not already fed the engine.
             since = await account.store.get_sync_token(account.key, CLIENT_STREAM)
@@ -128,6 +129,18 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
                 "Background sync for %s: token refused; waiting for a new login", account.device_id
             )
             account.token_valid.clear()
+            continue
+        if status == 400 and since:
+            # A server that no longer knows the position (reset, or a token another stream
+            # left behind) would refuse it forever: start afresh with an initial sync.
+            log.warning(
+                "Background sync for %s: the server refused the sync position; starting afresh",
+                account.device_id,
+            )
+            since, borrow_client_token = None, False
+            async with account.lock:
+                account.machine.mark_all_tracked_users_dirty()
+                await account.commit()
             continue
         log.info(
             "Background sync for %s failed (%s); retrying in %.0f s",

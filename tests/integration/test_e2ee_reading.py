@@ -376,3 +376,42 @@ async def test_redacted_encrypted_event_shows_as_deleted_not_undecryptable(
         deleted(await client.event(room_id, event_id))
         context = await client.context(room_id, event_id)
         deleted(context["event"])
+
+
+async def test_background_sync_refused_position_starts_afresh(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """A server that refuses the stored position (400) gets an initial sync next, not the same
+    refused token forever; device lists are queried again (changes in the gap were missed)."""
+    proxy = await start_e2ee_proxy()
+    (bob,) = await login_all(session, proxy.url, stub, "bob")
+    loop = asyncio.get_running_loop()
+
+    def ours() -> list[Any]:
+        return [r for r in stub.requests_to(r"/sync$", "GET") if "set_presence" in r.query]
+
+    async def until(predicate: Any, what: str) -> None:
+        end = loop.time() + 5
+        while not predicate():
+            assert loop.time() < end, what
+            await asyncio.sleep(0.02)
+
+    await until(lambda: any("since" in r.query for r in ours()), "no incremental background sync")
+    refused = stub.faults.add(r"/sync$", method="GET", status=400, errcode="M_UNKNOWN", times=1)
+    stub.register("carol", "pw")
+    carol = stub.login("carol", "pw", device_id="CAROLDEV")
+    stub.send_to_device(  # wakes the parked background sync
+        carol.user_id, carol.device_id, "t1", "org.example.ping", {bob.user_id: {"*": {}}}
+    )
+    await until(lambda: refused.hits == 1, "the refused position was never asked for")
+    queries = len(stub.requests_to(r"/keys/query$"))
+    after = len(ours())
+    await until(lambda: len(ours()) > after, "no background sync after the refusal")
+    assert "since" not in ours()[after].query
+    await until(
+        lambda: any(
+            bob.user_id in (r.json or {}).get("device_keys", {})
+            for r in stub.requests_to(r"/keys/query$")[queries:]
+        ),
+        "own device list not queried again",
+    )
