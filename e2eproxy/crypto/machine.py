@@ -7,6 +7,7 @@ must be persisted is collected until ``take_changes()``. See ``changes.py`` for 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -169,6 +170,25 @@ class OlmMachine:
                                     replay_entries: Iterable[ReplayRecord] = ()) -> None:
         """Accept sessions (and their replay entries) loaded from the store."""
         self._inbound.load(records, replay_entries)
+
+    def missing_inbound_group_sessions(self, keys: Iterable[tuple[RoomId, SessionId]]
+                                       ) -> list[tuple[RoomId, SessionId]]:
+        """Of ``keys``, those this engine holds no copy of at all (call after loading)."""
+        return [key for key in dict.fromkeys(keys) if self._inbound.get(*key) is None]
+
+    def add_sibling_sessions(self, records: Iterable[InboundGroupSessionRecord]) -> int:
+        """Sessions copied from another device of the same user held by this proxy (the store
+        has none of them for this device). Kept as imported: they did not reach this device
+        over Olm. Returns how many were new."""
+        added = 0
+        for record in records:
+            export = record.session.export_at(record.first_known_index)
+            if export is None:
+                continue
+            session = vodozemac.InboundGroupSession.import_session(export)
+            copy = dataclasses.replace(record, session=session, imported=True)
+            added += self._inbound.add(copy, known_absent=True)
+        return added
 
     def decrypt_room_event(self, room_id: str, event: Any) -> Decrypted | DecryptionFailure:
         """Decrypt one Megolm room event; failures are values, never exceptions."""

@@ -16,6 +16,7 @@ from e2eproxy.protocol.api import OutgoingRequest, RequestKind
 from e2eproxy.protocol.rewrite import Slot, sync_room_parts
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.types import RoomId, SessionId
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,25 @@ def membership_changes(body: dict[str, Any]) -> set[str]:
     }
 
 
+async def _copy_from_siblings(account: Account, missing: list[tuple[RoomId, SessionId]]) -> None:
+    """Room keys this device lacks, from the same user's other devices in this store: a user
+    who logs in again through the proxy (a new device) keeps reading the history its earlier
+    devices could. Call with the account lock held."""
+    siblings = [
+        key for key in await account.store.list_accounts()
+        if key.user_id == account.user_id and key.device_id != account.device_id
+    ]
+    for sibling in siblings:
+        records, _ = await account.store.load_inbound_group_sessions(sibling, missing)
+        if records:
+            added = account.machine.add_sibling_sessions(records)
+            log.debug("%d room keys copied from %s to %s", added, sibling.device_id,
+                      account.device_id)
+            missing = account.machine.missing_inbound_group_sessions(missing)
+            if not missing:
+                return
+
+
 async def _decrypt_now(account: Account, slots: list[Slot]) -> list[Result]:
     by_room: dict[str, list[Any]] = defaultdict(list)
     for slot in slots:
@@ -153,6 +173,9 @@ async def _decrypt_now(account: Account, slots: list[Slot]) -> list[Result]:
         if needed:
             records, replays = await account.store.load_inbound_group_sessions(account.key, needed)
             account.machine.load_inbound_group_sessions(records, replays)
+            missing = account.machine.missing_inbound_group_sessions(needed)
+            if missing:
+                await _copy_from_siblings(account, missing)
         results = [account.machine.decrypt_room_event(s.room_id, s.event) for s in slots]
         await account.commit()
     return results

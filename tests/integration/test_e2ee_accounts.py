@@ -154,6 +154,38 @@ async def test_users_are_isolated(
     assert set(alice_keys["keys"].values()).isdisjoint(bob_keys["keys"].values())
 
 
+async def test_a_new_login_reads_what_the_users_earlier_devices_could(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """A bot that logs in afresh on every start gets a new device each time; the proxy holds the
+    earlier ones, so the new one reads the history they could (never another user's)."""
+    proxy = await start_e2ee_proxy(encryption=EncryptionConfig(missing_key_wait=0.2))
+    alice, bob = await login_all(session, proxy.url, stub, "alice", "bob")
+    room_id = await alice.create_encrypted_room(invite=[bob.user_id])
+    await bob.join(room_id)
+    before = await bob.send_text(room_id, "said before the second login")
+    assert (await alice.wait_for_event(room_id, before))["content"]["body"].startswith("said")
+
+    again = PlainClient(session, proxy.url)
+    await again.login("alice")
+    assert again.device_id != alice.device_id
+    [seen] = [e for e in await again.messages(room_id) if e["event_id"] == before]
+    assert seen["type"] == "m.room.message", seen
+    assert seen["content"]["body"] == "said before the second login"
+    assert await proxy.store.count_inbound_group_sessions(key_of(again)) >= 1
+    # The copy is the new device's own: it outlives the first device's logout.
+    await alice.logout()
+    assert (await again.event(room_id, before))["content"]["body"].startswith("said")
+
+    # Another user in the same proxy gets nothing of it.
+    (carol,) = await login_all(session, proxy.url, stub, "carol")
+    await bob.invite(room_id, carol.user_id)
+    await carol.join(room_id)
+    event = await carol.event(room_id, before)
+    assert event["content"]["msgtype"] == "m.notice", event
+    assert await proxy.store.count_inbound_group_sessions(key_of(carol)) == 0
+
+
 async def _sqlite_store(path: Path) -> SqliteStore:
     store = SqliteStore(path, passphrase="integration", use_keyring=False, scrypt_n=2**10)
     await store.open()
