@@ -27,6 +27,9 @@ from e2eproxy.types import DeviceId, RoomId, UserId
 logger = logging.getLogger(__name__)
 
 MAX_TO_DEVICE_MESSAGES = 250
+# Sessions whose withheld notices we remember sending (to send each once): a bound for a proxy
+# that runs for months; forgetting an old one at worst repeats a notice.
+MAX_WITHHELD_SESSIONS = 1_000
 WITHHELD_REASONS = {
     "m.blacklisted": "You have been blocked by this device.",
     "m.unverified": "This device does not share keys with unverified devices.",
@@ -165,7 +168,12 @@ class KeySharer:
         return requests
 
     def _note_withheld(self, record: OutboundGroupSessionRecord, device: DeviceRecord) -> bool:
-        sent = self._withheld_sent.setdefault(record.session.session_id, set())
+        session_id = record.session.session_id
+        remembered = self._withheld_sent
+        if session_id not in remembered and len(remembered) >= MAX_WITHHELD_SESSIONS:
+            # Oldest first (insertion order): those sessions have long been rotated away.
+            del remembered[next(iter(remembered))]
+        sent = remembered.setdefault(session_id, set())
         key = (device.user_id, device.device_id)
         if key in sent:
             return False

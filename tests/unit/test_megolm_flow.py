@@ -300,3 +300,25 @@ def test_room_state_from_invite_and_leave_sections() -> None:
     assert any("@zed:test" in r.body["device_keys"] for r in queries)
     settings = alice.machine.room_encryption_settings("!inv:test")
     assert settings is not None and settings.rotation_period_msgs == 100
+
+
+def test_withheld_notices_remembered_for_a_bounded_number_of_sessions() -> None:
+    """Each withheld notice goes once per session and device; for a proxy running for months,
+    the memory of which went out is bounded (the oldest sessions are forgotten first)."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from e2eproxy.crypto.key_share import MAX_WITHHELD_SESSIONS, KeySharer
+
+    sharer = KeySharer(*(cast(Any, None),) * 7)
+    device = cast(Any, SimpleNamespace(user_id="@bob:test", device_id="BOBDEV"))
+
+    def session(number: int) -> Any:
+        return SimpleNamespace(session=SimpleNamespace(session_id=f"s{number}"))
+
+    assert sharer._note_withheld(session(0), device)
+    assert not sharer._note_withheld(session(0), device)  # once per session and device
+    for number in range(1, MAX_WITHHELD_SESSIONS + 10):
+        assert sharer._note_withheld(session(number), device)
+    assert len(sharer._withheld_sent) == MAX_WITHHELD_SESSIONS
+    assert not sharer._note_withheld(session(MAX_WITHHELD_SESSIONS + 5), device)
