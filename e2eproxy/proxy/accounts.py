@@ -27,6 +27,7 @@ from e2eproxy.types import DeviceId, UserId
 log = logging.getLogger(__name__)
 
 TOKEN_TTL_S = 600.0
+TOKEN_SWEEP_AT = 1_024
 # A process that died holding a lease keeps it until it expires: wait that long, and a bit.
 LEASE_WAIT_MS = LEASE_MS + 2_000
 TOKEN_SECRET = "access_token"
@@ -145,8 +146,17 @@ class AccountRegistry:
                 account.new_token(token)
                 await self.store.put_secret(key, TOKEN_SECRET, token)
         info = TokenInfo(user_id, device_id, account, refusal, time.monotonic() + TOKEN_TTL_S)
-        self.tokens[token] = info
+        self._remember(token, info)
         return info
+
+    def _remember(self, token: str, info: TokenInfo) -> None:
+        # Refreshed tokens are never asked for again: sweep the expired ones now and then, or a
+        # proxy running for months would keep every token it ever saw.
+        if len(self.tokens) >= TOKEN_SWEEP_AT:
+            now = time.monotonic()
+            for old in [t for t, i in self.tokens.items() if i.expires <= now]:
+                del self.tokens[old]
+        self.tokens[token] = info
 
     async def _device_has_keys(self, user_id: str, device_id: str, token: str) -> bool:
         status, body = await self.upstream.request_json(
@@ -199,7 +209,7 @@ class AccountRegistry:
         user_id, device_id = await self.whoami(token)
         if device_id is None:
             info = TokenInfo(user_id, None, None, NO_DEVICE, time.monotonic() + TOKEN_TTL_S)
-            self.tokens[token] = info
+            self._remember(token, info)
             return info
         return await self.attach(user_id, device_id, token)
 
