@@ -27,6 +27,8 @@ from e2eproxy.types import RoomId, SessionId, UserId
 logger = logging.getLogger(__name__)
 MAX_SEEN_HASHES = 50_000
 KEY_EVENTS = frozenset({"m.room_key", "m.forwarded_room_key"})
+# The stable name and the one clients used before it (still sent by some).
+WITHHELD_EVENTS = frozenset({"m.room_key.withheld", "org.matrix.room_key.withheld"})
 
 
 @dataclass(slots=True)
@@ -129,7 +131,7 @@ class SyncProcessor:
             self._olm_event(event, sender, result)
         elif event_type in KEY_EVENTS:
             result.failures.append(ToDeviceFailure(sender, event_type, "plaintext_room_key"))
-        elif event_type == "m.room_key.withheld":
+        elif event_type in WITHHELD_EVENTS:
             self._withheld(sender, event.get("content"), result)
         else:
             result.to_device_events.append(event)
@@ -143,7 +145,7 @@ class SyncProcessor:
             return
         if decrypted.event_type == "m.room_key":
             self._room_key(decrypted, result)
-        elif decrypted.event_type == "m.room_key.withheld":
+        elif decrypted.event_type in WITHHELD_EVENTS:
             self._withheld(sender, decrypted.content, result)
         elif decrypted.event_type != "m.dummy":
             result.to_device_events.append({

@@ -18,6 +18,7 @@ ENCRYPTED = "m.room.encrypted"
 CRYPTO_TO_DEVICE_PREFIXES = (
     "m.room.encrypted",
     "m.room_key",
+    "org.matrix.room_key",
     "m.forwarded_room_key",
     "m.dummy",
     "m.key.verification.",

@@ -322,3 +322,31 @@ def test_withheld_notices_remembered_for_a_bounded_number_of_sessions() -> None:
         assert sharer._note_withheld(session(number), device)
     assert len(sharer._withheld_sent) == MAX_WITHHELD_SESSIONS
     assert not sharer._note_withheld(session(MAX_WITHHELD_SESSIONS + 5), device)
+
+
+def test_withheld_under_its_older_unstable_name_is_understood() -> None:
+    from e2eproxy.crypto.clock import ManualClock
+    from e2eproxy.crypto.machine import OlmMachine
+
+    machine = OlmMachine("@me:test", "MEDEV", ManualClock())
+    event = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEhAAAAAAAAAA",
+        "sender_key": "c2VuZGVyIGtleQ",
+        "session_id": "c2Vzc2lvbg",
+        "device_id": "SENDER",
+    }
+    machine.receive_sync({"to_device": {"events": [{
+        "type": "org.matrix.room_key.withheld",
+        "sender": "@them:test",
+        "content": {
+            "algorithm": "m.megolm.v1.aes-sha2", "room_id": ROOM, "session_id": "c2Vzc2lvbg",
+            "sender_key": "c2VuZGVyIGtleQ", "code": "m.unverified", "reason": "not verified",
+        },
+    }]}})
+    failure = machine.decrypt_room_event(ROOM, {
+        "type": "m.room.encrypted", "event_id": "$e", "sender": "@them:test",
+        "origin_server_ts": 1, "content": event,
+    })
+    assert isinstance(failure, DecryptionFailure)
+    assert failure.withheld_code == "m.unverified"
