@@ -151,8 +151,9 @@ class OlmMachine:
         return self._rooms.settings(RoomId(room_id))
 
     def room_members(self, room_id: str) -> list[UserId]:
-        """Joined and invited members we know of."""
-        return self._rooms.active_members(RoomId(room_id))
+        """Members who get the room key: joined, and invited unless history visibility is
+        ``joined``."""
+        return self._rooms.recipients(RoomId(room_id))
 
     # -- decryption ----------------------------------------------------------------------
     def sessions_needed(self, room_id: str, events: Iterable[Any]

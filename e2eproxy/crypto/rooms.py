@@ -75,3 +75,12 @@ class RoomStates:
         if record is None:
             return []
         return [u for u, m in record.members.items() if m in ACTIVE_MEMBERSHIPS]
+
+    def recipients(self, room_id: RoomId) -> list[UserId]:
+        """Who gets the room key: joined members, and invited ones unless the history is only
+        for those who joined (an invitee must not read what is said before it joins)."""
+        record = self.rooms.get(room_id)
+        if record is None:
+            return []
+        allowed = {"join"} if record.history_visibility == "joined" else ACTIVE_MEMBERSHIPS
+        return [u for u, m in record.members.items() if m in allowed]

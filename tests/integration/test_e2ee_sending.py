@@ -319,3 +319,37 @@ async def test_member_who_left_gets_no_key_for_later_messages(
     assert carol_device not in recipients
     seen = await bob.wait_for_event(room_id, after)
     assert seen["content"]["body"] == "without carol"
+
+
+@pytest.mark.parametrize("visibility", ["joined", "shared"])
+async def test_invitees_get_the_key_unless_history_is_for_joined_members_only(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    visibility: str,
+) -> None:
+    alice, bob = await clients(
+        stub, session, start_e2ee_proxy, "alice", "bob",
+        encryption=EncryptionConfig(missing_key_wait=0.2),
+    )
+    room_id = await alice.create_room(
+        invite=[bob.user_id],
+        initial_state=[
+            {"type": "m.room.encryption", "state_key": "", "content": ENCRYPTION_STATE["content"]},
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": visibility}},
+        ],
+    )
+    before = len(stub.requests)
+    early = await alice.send_text(room_id, "said while bob is only invited")
+    keyed = [user for user, _ in to_device_recipients(stub.requests, before)]
+    await bob.join(room_id)
+    later = await alice.send_text(room_id, "said after bob joined")
+    assert (await bob.wait_for_event(room_id, later))["content"]["body"] == "said after bob joined"
+    seen_early = await bob.event(room_id, early)
+    if visibility == "joined":
+        assert bob.user_id not in keyed
+        assert seen_early["content"]["msgtype"] == "m.notice", seen_early
+    else:
+        assert bob.user_id in keyed
+        assert seen_early["content"]["body"] == "said while bob is only invited"

@@ -231,26 +231,24 @@ async def create_room(request: web.Request) -> web.StreamResponse:
     return respond(answer)
 
 
-async def _note_new_room(account: Account, room_id: str, spec: dict[str, Any]) -> None:
+def _initial_state(spec: dict[str, Any], event_type: str) -> dict[str, Any] | None:
     states = spec.get("initial_state")
-    encryption = (
-        next(
-            (
-                s.get("content")
-                for s in states or []
-                if isinstance(s, dict)
-                and s.get("type") == "m.room.encryption"
-                and isinstance(s.get("content"), dict)
-            ),
-            None,
-        )
-        if isinstance(states, list)
-        else None
-    )
+    for state in states if isinstance(states, list) else []:
+        content = state.get("content") if isinstance(state, dict) else None
+        if isinstance(content, dict) and state.get("type") == event_type:
+            return content
+    return None
+
+
+async def _note_new_room(account: Account, room_id: str, spec: dict[str, Any]) -> None:
+    encryption = _initial_state(spec, "m.room.encryption")
+    visibility = _initial_state(spec, "m.room.history_visibility")
     invites = [u for u in spec.get("invite") or [] if isinstance(u, str)]
     async with account.lock:
         if encryption is not None:
             account.machine.update_room_encryption(room_id, encryption)
+        if visibility is not None and isinstance(visibility.get("history_visibility"), str):
+            account.machine.update_history_visibility(room_id, visibility["history_visibility"])
         members = {account.user_id: "join", **{u: "invite" for u in invites}}
         account.machine.update_room_members(room_id, members)
         await account.commit()
