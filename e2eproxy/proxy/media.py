@@ -136,6 +136,9 @@ class AccountMedia:
         self.spool = spool
         self._pending: dict[str, PendingUpload] | None = None
         self._known: OrderedDict[str, KnownMedia | None] = OrderedDict()
+        # The server's m.upload.size (None: no limit known) and when it was asked.
+        self.upload_limit: int | None = None
+        self.upload_limit_at = float("-inf")
 
     async def pending(self) -> dict[str, PendingUpload]:
         if self._pending is None:

@@ -173,9 +173,10 @@ async def test_upload_is_held_back_and_served_only_to_its_uploader(
     media = stub_media(stub, mxc)
     assert media.creator == alice.user_id
     assert media.content is None
-    assert [r.path for r in stub.requests[before:] if "/media/" in r.path] == [
-        "/_matrix/media/v1/create"
-    ]
+    assert [
+        r.path for r in stub.requests[before:]
+        if "/media/" in r.path and not r.path.endswith("/config")  # (the size limit)
+    ] == ["/_matrix/media/v1/create"]
 
     # Its uploader reads it back through the proxy, on both APIs.
     for api in ("v1", "v3", "r0"):
@@ -306,6 +307,31 @@ async def test_clients_own_asynchronous_upload_is_held_too(
         assert stored == PNG
         assert event["content"]["url"] == mxc
     assert_served(await get_media(bob, mxc, api="v1"), PNG, "image/png")
+
+
+async def test_upload_over_the_servers_limit_is_refused_at_upload_time(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+) -> None:
+    """The file waits in the proxy until it is sent: a size the server would refuse then is
+    refused now, the way the server itself answers (413 M_TOO_LARGE), with or without a
+    Content-Length, and nothing is reserved or kept."""
+    proxy, (alice,) = await proxied(stub, session, start_media_proxy, "alice")
+    stub.media.max_upload_size = 1_000
+    before = len(stub.requests)
+    url = f"{alice.base_url}/_matrix/media/v3/upload"
+    headers = {"Authorization": f"Bearer {alice.access_token}"}
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 400
+
+    for body in (b"x" * 1_001, chunked()):
+        async with session.post(url, data=body, headers=headers) as response:
+            assert response.status == 413, await response.text()
+            assert (await response.json())["errcode"] == "M_TOO_LARGE"
+    assert spool_files(proxy) == []
+    assert [r.path for r in stub.requests[before:] if r.path.endswith("/create")] == []
+    assert await upload_media(alice, b"x" * 1_000)  # at the limit: fine
 
 
 async def test_thumbnail_of_a_file_without_one_is_the_decrypted_file(
