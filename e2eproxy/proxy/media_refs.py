@@ -9,17 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from e2eproxy.errors import MatrixError
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.handlers.media import publish
+from e2eproxy.proxy.handlers.media import copy_encrypted, publish
 from e2eproxy.proxy.keys import MEDIA
 from e2eproxy.proxy.media import KnownMedia
-
-PLAINTEXT_FILE = (
-    "This file is on the server unencrypted (it was not uploaded through e2eproxy, or it was "
-    "already used outside an encrypted room), so it cannot go into an encrypted room. Upload it "
-    "again through e2eproxy. Nothing was sent."
-)
 
 
 def _is_mxc(value: Any) -> bool:
@@ -29,8 +22,8 @@ def _is_mxc(value: Any) -> bool:
 async def _encrypted_file(
     request: web.Request, account: Account, mxc: str, mimetype: str | None
 ) -> KnownMedia:
-    """The encrypted file behind `mxc`: a held upload, published encrypted now, or one whose key
-    we already know. Anything else is plaintext on the server and refused."""
+    """The encrypted file behind `mxc`: a held upload, published encrypted now, one whose key
+    we already know, or an encrypted copy of a file the server has in plaintext."""
     media = request.app[MEDIA].of(account)
     pending = await media.get_pending(mxc)
     if pending is not None:
@@ -46,7 +39,14 @@ async def _encrypted_file(
     known_media = await media.known(mxc)
     if known_media is not None:
         return known_media
-    raise MatrixError(400, "M_FORBIDDEN", PLAINTEXT_FILE)
+    # On the server in plaintext already (uploaded elsewhere, or shared in an unencrypted
+    # room): the encrypted room gets an encrypted copy, never a link to the plaintext.
+    copy = await copy_encrypted(request, account, mxc)
+    if mimetype:
+        copy.mimetype = mimetype
+    await media.add_known(copy.file["url"], copy)
+    await media.add_known(mxc, copy)  # the same file sent again reuses the copy
+    return copy
 
 
 def _mimetype(holder: Any) -> str | None:

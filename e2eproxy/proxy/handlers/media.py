@@ -238,11 +238,11 @@ async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.Strea
         spool.remove(name)
 
 
-async def _fetch_ciphertext(
-    request: web.Request, url: str, target: Any, on_chunk: Callable[[bytes], None]
-) -> int:
-    """Download the ciphertext to a file in the spool, hashing it on the way."""
-    media_id = url.removeprefix("mxc://")
+@contextlib.asynccontextmanager
+async def _download(request: web.Request, mxc: str) -> AsyncIterator[aiohttp.ClientResponse]:
+    """The server's answer for `mxc` (status 200, body unread), as the requesting user:
+    authenticated media first, the legacy API on a server without it."""
+    media_id = mxc.removeprefix("mxc://")
     headers = {"Authorization": f"Bearer {token_of(request) or ''}"}
     upstream = request.app[UPSTREAM]
     for path in (
@@ -261,17 +261,49 @@ async def _fetch_ciphertext(
                     _json(await response.read()),
                     "The homeserver could not serve the file",
                 )
-            size = 0
             try:
-                with open(target, "wb") as handle:
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        on_chunk(chunk)
-                        handle.write(chunk)
-                        size += len(chunk)
+                yield response
             except aiohttp.ClientError as exc:
                 raise UpstreamError(502, "The homeserver broke off the file download") from exc
-            return size
+            return
     raise MatrixError(404, "M_NOT_FOUND", "The file is not on the server")
+
+
+async def _fetch_ciphertext(
+    request: web.Request, url: str, target: Any, on_chunk: Callable[[bytes], None]
+) -> int:
+    """Download the ciphertext to a file in the spool, hashing it on the way."""
+    size = 0
+    async with _download(request, url) as response:
+        with open(target, "wb") as handle:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                on_chunk(chunk)
+                handle.write(chunk)
+                size += len(chunk)
+    return size
+
+
+async def copy_encrypted(request: web.Request, account: Account, mxc: str) -> KnownMedia:
+    """An encrypted copy of a file the server has in plaintext (uploaded elsewhere, or from an
+    unencrypted room), for an encrypted room: the event then names only the copy, so the server
+    cannot tell which file the encrypted message carries."""
+    service = request.app[MEDIA]
+    limit = await _upload_limit(request, account)
+    async with _download(request, mxc) as response:
+        content_type = response.headers.get("Content-Type", "application/octet-stream")
+        stream = _within(response.content.iter_chunked(CHUNK), limit)
+        name, key, size = await service.spool.write(stream)
+    try:
+        reserved, placeholder = await _reserve(request, account)
+        copy = PendingUpload(
+            mxc=reserved, spool_name=name, key=_b64(key.key), iv=_b64(key.iv),
+            sha256=_b64(key.sha256), content_type=content_type, filename=None, size=size,
+            expires_ms=int((time.time() + service.upload_ttl_s) * 1000), placeholder=placeholder,
+        )
+        final = await publish(request, account, copy, encrypted=True)
+    finally:
+        service.spool.remove(name)
+    return KnownMedia(copy.file_key.to_json(final), content_type.split(";")[0].strip())
 
 
 def _json(body: bytes) -> Any:
