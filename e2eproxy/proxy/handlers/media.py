@@ -31,6 +31,7 @@ from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
 
 UPLOAD_ATTEMPTS = 3
 UPLOAD_LIMIT_TTL_S = 3600.0
+COPY_WAIT_MS = 1_000
 INLINE_TYPES = ("image/", "video/", "audio/", "text/plain")
 # As the homeserver does for media: nothing served here may run as a page.
 MEDIA_CSP = (
@@ -239,10 +240,15 @@ async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.Strea
 
 
 @contextlib.asynccontextmanager
-async def _download(request: web.Request, mxc: str) -> AsyncIterator[aiohttp.ClientResponse]:
+async def _download(
+    request: web.Request, mxc: str, wait_ms: int | None = None
+) -> AsyncIterator[aiohttp.ClientResponse]:
     """The server's answer for `mxc` (status 200, body unread), as the requesting user:
-    authenticated media first, the legacy API on a server without it."""
+    authenticated media first, the legacy API on a server without it. `wait_ms` bounds the
+    wait for content not uploaded yet (the server's default is 20 s)."""
     media_id = mxc.removeprefix("mxc://")
+    if wait_ms is not None:
+        media_id += f"?timeout_ms={wait_ms}"
     headers = {"Authorization": f"Bearer {token_of(request) or ''}"}
     upstream = request.app[UPSTREAM]
     for path in (
@@ -289,7 +295,8 @@ async def copy_encrypted(request: web.Request, account: Account, mxc: str) -> Kn
     cannot tell which file the encrypted message carries."""
     service = request.app[MEDIA]
     limit = await _upload_limit(request, account)
-    async with _download(request, mxc) as response:
+    # A reserved id with no content yet (an upload that expired here, say) is not waited for.
+    async with _download(request, mxc, wait_ms=COPY_WAIT_MS) as response:
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         stream = _within(response.content.iter_chunked(CHUNK), limit)
         name, key, size = await service.spool.write(stream)
