@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.handlers.media import copy_encrypted, publish
+from e2eproxy.proxy.handlers.media import copy_encrypted, copy_plain, publish
 from e2eproxy.proxy.keys import MEDIA
 from e2eproxy.proxy.media import KnownMedia
 
@@ -45,7 +45,6 @@ async def _encrypted_file(
     if mimetype:
         copy.mimetype = mimetype
     await media.add_known(copy.file["url"], copy)
-    await media.add_known(mxc, copy)  # the same file sent again reuses the copy
     return copy
 
 
@@ -88,21 +87,41 @@ async def encrypt_references(
 
 async def publish_plain_references(request: web.Request, account: Account, data: Any) -> Any:
     """Anything that is not an encrypted room event (plain rooms, state, avatars): held uploads
-    it names go up in plaintext, once, so the server's thumbnails work for them."""
+    it names go up in plaintext, once, so the server's thumbnails work for them; an encrypted
+    file it names (a decrypted event passed on) goes up as a plaintext copy, since readers
+    there may have no key, and its `file` / `thumbnail_file` (the key) are left out."""
     media = request.app[MEDIA].of(account)
     pending = await media.pending()
-    if not pending:
-        return data
-    found = {s for s in _strings(data) if s in pending}
-    if not found:
-        return data
     replaced: dict[str, str] = {}
-    for mxc in found:
-        final = await publish(request, account, pending[mxc], encrypted=False)
-        await media.drop_pending(mxc)
+    for mxc in dict.fromkeys(_strings(data)):
+        if mxc in pending:
+            final = await publish(request, account, pending[mxc], encrypted=False)
+            await media.drop_pending(mxc)
+        else:
+            known = await media.known(mxc)
+            if known is None:
+                continue  # on the server in plaintext already, or not ours to change
+            final = await copy_plain(request, account, known)
         if final != mxc:
             replaced[mxc] = final
-    return _substitute(data, replaced) if replaced else data
+    if not replaced:
+        return data
+    return _without_keys(_substitute(data, replaced), set(replaced.values()))
+
+
+def _without_keys(data: Any, urls: set[str]) -> Any:
+    """Drop `file` / `thumbnail_file` objects that now point at a plaintext copy: their keys
+    have no business in a plaintext event (and would not decrypt it)."""
+    if isinstance(data, dict):
+        return {
+            k: _without_keys(v, urls) for k, v in data.items()
+            if not (
+                k in ("file", "thumbnail_file") and isinstance(v, dict) and v.get("url") in urls
+            )
+        }
+    if isinstance(data, list):
+        return [_without_keys(v, urls) for v in data]
+    return data
 
 
 def _strings(data: Any) -> list[str]:

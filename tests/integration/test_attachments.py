@@ -474,6 +474,34 @@ async def test_file_into_an_unencrypted_room_goes_up_once_in_plaintext(
     assert len([r for r in stub.requests[before:] if "/media/v3/upload" in r.path]) == 1
 
 
+async def test_encrypted_file_passed_on_into_an_unencrypted_room_goes_as_plaintext_copy(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+) -> None:
+    """A relay bot passes a decrypted event on into an unencrypted room: its readers may have no
+    key, so the room gets a plaintext copy under a new id, and the event loses the key."""
+    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    secret_room = await encrypted_room_of(alice, bob)
+    event_id, url, thumb = await send_image(alice, secret_room)
+    received = (await bob.wait_for_event(secret_room, event_id))["content"]
+    assert "file" in received and received["url"] == url
+
+    plain_room = await bob.create_room(invite=[alice.user_id])
+    await alice.join(plain_room)
+    relayed = await bob.send(plain_room, received)
+    [stored] = [e for e in stub.raw_events(plain_room) if e.get("event_id") == relayed]
+    content = stored["content"]
+    assert stored["type"] == "m.room.message"
+    assert "file" not in content and "thumbnail_file" not in content.get("info", {})
+    assert "key" not in json.dumps(content)
+    assert content["url"] not in (url, thumb)
+    assert content["info"]["thumbnail_url"] not in (url, thumb)
+    assert stub_media(stub, content["url"]).content == PNG
+    assert stub_media(stub, content["info"]["thumbnail_url"]).content == THUMB
+    # Straight from the server, as any reader of that room would get it.
+    answer = await get_media(alice, content["url"], base_url=stub.base_url)
+    assert answer.status == 200 and answer.body == PNG
+
+
 async def test_avatars_go_up_in_plaintext(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
 ) -> None:

@@ -239,6 +239,34 @@ async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.Strea
         spool.remove(name)
 
 
+async def copy_plain(request: web.Request, account: Account, known: KnownMedia) -> str:
+    """A plaintext copy, under a new id, of an encrypted file this account knows: for an
+    unencrypted room, an avatar or a state event, which every reader must be able to open."""
+    try:
+        url, key = parse_encrypted_file(known.file)
+    except AttachmentError as exc:
+        raise MatrixError(400, "M_UNKNOWN", f"Cannot decrypt this file: {exc}") from exc
+    service = request.app[MEDIA]
+    name = service.spool.new_name()
+    check = HashCheck(key)
+    try:
+        size = await _fetch_ciphertext(request, url, service.spool.path(name), check.update)
+        if not check.ok():
+            raise MatrixError(
+                502, "M_UNKNOWN", "The file failed its integrity check (sha256); nothing was sent"
+            )
+        # The spool copy is the ciphertext and the event's key decrypts it: published in
+        # plaintext like any held upload, to a new id from a plain upload.
+        copy = PendingUpload(
+            mxc=url, spool_name=name, key=_b64(key.key), iv=_b64(key.iv), sha256=_b64(key.sha256),
+            content_type=known.mimetype or "application/octet-stream", filename=known.filename,
+            size=size, expires_ms=0, placeholder=True,
+        )
+        return await publish(request, account, copy, encrypted=False)
+    finally:
+        service.spool.remove(name)
+
+
 @contextlib.asynccontextmanager
 async def _download(
     request: web.Request, mxc: str, wait_ms: int | None = None
