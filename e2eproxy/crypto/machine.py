@@ -28,6 +28,7 @@ from e2eproxy.crypto.claims import OlmClaimer
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.decrypt import RoomDecryptor, Withheld, bundled_events, megolm_session_id
 from e2eproxy.crypto.devices import DeviceTracker
+from e2eproxy.crypto.key_requests import KeyRequestResponder
 from e2eproxy.crypto.key_share import KeySharer
 from e2eproxy.crypto.megolm_in import DEFAULT_CACHE_SIZE, InboundSessions
 from e2eproxy.crypto.megolm_out import OutboundSessions
@@ -77,6 +78,8 @@ class OlmMachine:
         self._decryptor = RoomDecryptor(self._inbound, self._devices, self._withheld, self._log)
         self._sharer = KeySharer(self._account, self._devices, self._olm, self._claimer,
                                  self._outbound, self._queue, clock)
+        self._key_requests = KeyRequestResponder(self._account, self._devices, self._olm,
+                                                 self._outbound, self._inbound, self._queue)
         self._devices.track([self.user_id])
 
     # -- restore -------------------------------------------------------------------------
@@ -122,8 +125,11 @@ class OlmMachine:
 
     # -- sync ----------------------------------------------------------------------------
     def receive_sync(self, body: dict[str, Any]) -> SyncResult:
-        """Apply a ``/sync`` response body; idempotent; never raises on bad data."""
-        return self._sync.process(body)
+        """Apply a ``/sync`` response body; idempotent; never raises on bad data. Room key
+        requests it carries are answered (see ``key_requests``) through ``outgoing_requests``."""
+        result = self._sync.process(body)
+        self._key_requests.handle(result.to_device_events)
+        return result
 
     def mark_all_tracked_users_dirty(self) -> None:
         """The sync position was lost: device list changes since then were never seen."""

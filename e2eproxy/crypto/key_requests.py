@@ -1,0 +1,97 @@
+"""Answering ``m.room_key_request``: re-sharing our current room key with a device that had it.
+
+The policy is matrix-rust-sdk's for other users' devices: a device gets a room key again only if
+our current outbound session in that room was shared with it, and only from the message index it
+was shared at, so a request can never reach messages the device was not meant to read. Requests
+for anything else (an older session, a session of another sender, a device we never shared with)
+are ignored. Our own other devices get keys through the store, not through requests (see the
+proxy's ``engine_io``), and unverified own devices must not get them this way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from e2eproxy.crypto.account import AccountState
+from e2eproxy.crypto.devices import DeviceTracker
+from e2eproxy.crypto.megolm_in import InboundSessions
+from e2eproxy.crypto.megolm_out import OutboundSessions
+from e2eproxy.crypto.olm import OlmSessions
+from e2eproxy.crypto.requests import RequestQueue
+from e2eproxy.crypto.settings import MEGOLM_ALGORITHM, LocalTrust
+from e2eproxy.protocol import api
+from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
+
+logger = logging.getLogger(__name__)
+KEY_REQUEST = "m.room_key_request"
+
+
+class KeyRequestResponder:
+    """Turns key requests from sync bodies into Olm-encrypted ``m.forwarded_room_key`` answers."""
+
+    def __init__(self, account: AccountState, devices: DeviceTracker, olm: OlmSessions,
+                 outbound: OutboundSessions, inbound: InboundSessions,
+                 queue: RequestQueue) -> None:
+        self._account = account
+        self._devices = devices
+        self._olm = olm
+        self._outbound = outbound
+        self._inbound = inbound
+        self._queue = queue
+
+    def handle(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if event.get("type") == KEY_REQUEST:
+                try:
+                    self._answer(event)
+                except Exception:  # a bug must not lose the rest of the sync
+                    logger.exception("unexpected error while answering a room key request")
+
+    def _answer(self, event: dict[str, Any]) -> None:
+        sender, content = event.get("sender"), event.get("content")
+        if not isinstance(sender, str) or not isinstance(content, dict):
+            return
+        body, device_id = content.get("body"), content.get("requesting_device_id")
+        if content.get("action") != "request" or not isinstance(body, dict):
+            return  # cancellations: every answer goes out at once, nothing is pending
+        room_id, session_id = body.get("room_id"), body.get("session_id")
+        if (
+            body.get("algorithm") != MEGOLM_ALGORITHM
+            or not isinstance(room_id, str)
+            or not isinstance(session_id, str)
+            or not isinstance(device_id, str)
+        ):
+            return
+        if sender == self._account.user_id:
+            return
+        record = self._outbound.get(RoomId(room_id))
+        if record is None or record.session.session_id != session_id:
+            return
+        index = record.shared_with.get(UserId(sender), {}).get(DeviceId(device_id))
+        device = self._devices.get(sender, device_id)
+        if index is None or device is None or device.deleted:
+            return
+        if device.local_trust is LocalTrust.BLACKLISTED:
+            return
+        own_copy = self._inbound.get(RoomId(room_id), SessionId(session_id))
+        exported = own_copy.session.export_at(index) if own_copy is not None else None
+        if exported is None:
+            return
+        forwarded = {
+            "algorithm": MEGOLM_ALGORITHM,
+            "room_id": room_id,
+            "sender_key": self._account.curve25519,
+            "session_id": session_id,
+            "session_key": exported.to_base64(),
+            "sender_claimed_ed25519_key": self._account.ed25519,
+            "sender_claimed_keys": {"ed25519": self._account.ed25519},
+            "forwarding_curve25519_key_chain": [],
+            "m.shared_history": record.settings.shared_history,
+        }
+        encrypted = self._olm.encrypt(device, "m.forwarded_room_key", forwarded)
+        if encrypted is None:
+            return  # no Olm session: it never had the key from us over Olm either
+        self._queue.add(api.to_device("m.room.encrypted", {sender: {device_id: encrypted}}))
+        logger.debug("re-shared room key %s of %s with %s/%s from index %d",
+                     session_id, room_id, sender, device_id, index)

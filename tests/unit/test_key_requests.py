@@ -1,0 +1,103 @@
+"""Room key requests: re-shared with a device the current session was shared with, from the index
+it got, and with nobody else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import vodozemac
+
+from e2eproxy.protocol.api import RequestKind
+from tests.support.machine_pair import Client, FakeServer, make_clients
+
+ROOM = "!room:test"
+
+
+def _request(requester: Client, session_id: str, room_id: str = ROOM,
+             action: str = "request") -> dict[str, Any]:
+    return {
+        "type": "m.room_key_request",
+        "sender": requester.user_id,
+        "content": {
+            "action": action,
+            "requesting_device_id": requester.device_id,
+            "request_id": f"req-{session_id[:6]}",
+            "body": {
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "room_id": room_id,
+                "sender_key": "ignored",
+                "session_id": session_id,
+            },
+        },
+    }
+
+
+def _answers(sender: Client, event: dict[str, Any]) -> list[Any]:
+    sender.machine.receive_sync({"to_device": {"events": [event]}})
+    return [r for r in sender.machine.outgoing_requests() if r.kind is RequestKind.TO_DEVICE]
+
+
+def _room_of(names: tuple[str, ...]) -> tuple[FakeServer, list[Client]]:
+    server, clients = make_clients(*names)
+    server.create_room(ROOM, clients[0].user_id, [c.user_id for c in clients[1:]])
+    for client in clients:
+        client.tick()
+    return server, clients
+
+
+def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None:
+    _server, (alice, bob) = _room_of(("alice", "bob"))
+    first = alice.send(ROOM, "one")
+    second = alice.send(ROOM, "two")
+    session_id = first["content"]["session_id"]
+    [answer] = _answers(alice, _request(bob, session_id))
+    assert list(answer.body["messages"]) == [bob.user_id]
+    assert list(answer.body["messages"][bob.user_id]) == [bob.device_id]
+    alice.answer(answer)
+
+    forwarded = [e for e in bob.sync().to_device_events if e["type"] == "m.forwarded_room_key"]
+    [event] = forwarded
+    content = event["content"]
+    assert event["sender"] == alice.user_id
+    assert (content["room_id"], content["session_id"]) == (ROOM, session_id)
+    assert content["sender_claimed_ed25519_key"] == alice.machine.identity_keys["ed25519"]
+    session = vodozemac.InboundGroupSession.import_session(
+        vodozemac.ExportedSessionKey(content["session_key"])
+    )
+    assert session.first_known_index == 0  # bob got the session from its first message
+    for event_sent, body in ((first, "one"), (second, "two")):
+        message = vodozemac.MegolmMessage.from_base64(event_sent["content"]["ciphertext"])
+        assert b'"body":"' + body.encode() in session.decrypt(message).plaintext
+
+
+def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None:
+    server, (alice, _bob) = _room_of(("alice", "bob"))
+    alice.send(ROOM, "before carol")
+    carol = Client(server, "@carol:test", "CAROLDEV")
+    carol.flush()
+    server.set_membership(ROOM, carol.user_id, "join")
+    alice.tick()
+    carol.tick()
+    later = alice.send(ROOM, "after carol")
+    [answer] = _answers(alice, _request(carol, later["content"]["session_id"]))
+    alice.answer(answer)
+    [event] = [e for e in carol.sync().to_device_events if e["type"] == "m.forwarded_room_key"]
+    session = vodozemac.InboundGroupSession.import_session(
+        vodozemac.ExportedSessionKey(event["content"]["session_key"])
+    )
+    assert session.first_known_index == 1
+
+
+def test_requests_that_must_not_be_answered() -> None:
+    server, (alice, bob) = _room_of(("alice", "bob"))
+    sent = alice.send(ROOM, "hello")
+    session_id = sent["content"]["session_id"]
+    stranger = Client(server, "@mallory:test", "MALDEV")
+    stranger.flush()
+    alice.machine.receive_sync({"device_lists": {"changed": [stranger.user_id]}})
+    assert _answers(alice, _request(stranger, session_id)) == []  # never shared with it
+    assert _answers(alice, _request(bob, "c29tZSBvdGhlciBzZXNzaW9u")) == []  # not ours
+    assert _answers(alice, _request(bob, session_id, room_id="!other:test")) == []
+    assert _answers(alice, _request(bob, session_id, action="request_cancellation")) == []
+    assert _answers(alice, {"type": "m.room_key_request", "sender": bob.user_id,
+                            "content": {"action": "request", "body": "junk"}}) == []
