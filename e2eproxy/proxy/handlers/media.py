@@ -299,6 +299,8 @@ async def _download(
                 yield response
             except aiohttp.ClientError as exc:
                 raise UpstreamError(502, "The homeserver broke off the file download") from exc
+            except TimeoutError as exc:
+                raise UpstreamError(504, "The homeserver stalled during the file download") from exc
             return
     raise MatrixError(404, "M_NOT_FOUND", "The file is not on the server")
 
