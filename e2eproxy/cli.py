@@ -15,6 +15,7 @@ from e2eproxy.config import Config, load_config, store_only_config, with_overrid
 from e2eproxy.errors import E2EProxyError
 from e2eproxy.keys_cli import add_keys_parser, run_keys
 from e2eproxy.log import setup_logging
+from e2eproxy.store_cli import add_store_parser, run_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file", type=Path)
     add_keys_parser(commands)
+    add_store_parser(commands)
     return parser
 
 
@@ -59,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_effective(config), indent=2, sort_keys=True))
             return 0
         base = load_config(args.config) if args.config else None
-        if args.command == "keys":
+        if args.command in ("keys", "store"):
             setup_logging("warning")
             config = store_only_config(base, args.data_dir)
-            return asyncio.run(run_keys(args, config))
+            run_command = run_keys if args.command == "keys" else run_store
+            return asyncio.run(run_command(args, config))
         config = with_overrides(
             base,
             homeserver=args.homeserver,

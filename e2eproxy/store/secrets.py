@@ -227,10 +227,15 @@ def source_for_existing(
 def new_wrapped_key(source: KekSource, store_id: str) -> tuple[bytes, dict[str, Any]]:
     """A fresh data key and its wrapped form (JSON-able, safe to store)."""
     data_key = os.urandom(KEY_SIZE)
+    return data_key, wrap_key(source, store_id, data_key)
+
+
+def wrap_key(source: KekSource, store_id: str, data_key: bytes) -> dict[str, Any]:
+    """The wrapped form of `data_key` under a key from `source` (a new salt each time)."""
     kek, params = source.create(store_id)
     nonce = os.urandom(NONCE_SIZE)
     wrapped = AESGCM(kek).encrypt(nonce, data_key, _WRAP_AAD + store_id.encode())
-    return data_key, {
+    return {
         "kind": source.kind,
         "params": params,
         "nonce": _b64(nonce),
@@ -264,6 +269,7 @@ class StoreKeys:
     def __init__(self, data_key: bytes) -> None:
         if len(data_key) != KEY_SIZE:
             raise ValueError("the data key must be 32 bytes")
+        self.data_key = data_key  # kept to wrap it again (a passphrase change)
         # HKDF with distinct labels: the pickle key, the value key and the index key never meet.
         self.pickle_key = _hkdf(data_key, b"vodozemac pickle v1")
         self._aead = AESGCM(_hkdf(data_key, b"value aes-gcm v1"))

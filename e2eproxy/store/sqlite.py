@@ -282,6 +282,27 @@ class SqliteBackend:
         if stored is None or stored[0] != store_id:  # another process created it first
             self._keys = StoreKeys(self._unlock(conn))
 
+    async def rewrap(self, source: secrets.KekSource) -> None:
+        """Wrap the (unchanged) data key under a key from `source`: a new passphrase, or a move
+        between passphrase, keyring and key file. Nothing else in the store changes."""
+        await self._call(lambda: self._rewrap_on_writer(source))
+
+    def _rewrap_on_writer(self, source: secrets.KekSource) -> None:
+        conn = self._conn
+        if conn is None or self._keys is None:
+            raise StoreError("the store is not open")
+        if isinstance(source, secrets.PassphraseSource):
+            source.n = self._scrypt_n
+        store_id = conn.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()[0]
+        record = secrets.wrap_key(source, store_id, self._keys.data_key)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'data_key'", (json.dumps(record),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def _close_on_writer(self) -> None:
         conn, self._conn = self._conn, None
         self._keys = None
