@@ -25,6 +25,7 @@ SYSTEMD_CREDENTIAL = "store-passphrase"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SHARE_STRATEGIES = ("all", "verified")
 UNDECRYPTABLE_MODES = ("notice", "raw")
+PLAINTEXT_FILE_MODES = ("refuse", "copy")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class EncryptionConfig:
     undecryptable: str = "notice"
     # Seconds an upload waits for an event to refer to it before it is forgotten.
     pending_upload_ttl: float = 86400.0
+    # A file already on the server in plaintext, sent into an encrypted room: "refuse" (the
+    # client gets an error; no file that was ever plaintext on the server enters the room) or
+    # "copy" (an encrypted copy under a new id goes in; for bridges relaying public files).
+    plaintext_files: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ def _encryption(data: Any, source: str) -> EncryptionConfig:
         missing_key_wait=float(table.get("missing_key_wait", (int, float), 3.0)),
         undecryptable=table.choice("undecryptable", UNDECRYPTABLE_MODES, "notice"),
         pending_upload_ttl=table.positive("pending_upload_ttl", 86400.0),
+        plaintext_files=table.choice("plaintext_files", PLAINTEXT_FILE_MODES, "refuse"),
     )
     if encryption.missing_key_wait < 0:
         raise ConfigError(f"{source}: encryption.missing_key_wait: must not be negative")

@@ -9,10 +9,17 @@ from typing import Any
 
 from aiohttp import web
 
+from e2eproxy.errors import MatrixError
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.handlers.media import copy_encrypted, copy_plain, publish
-from e2eproxy.proxy.keys import MEDIA
+from e2eproxy.proxy.keys import CONFIG, MEDIA
 from e2eproxy.proxy.media import KnownMedia
+
+PLAINTEXT_FILE = (
+    "This file is on the server unencrypted (it was not uploaded through e2eproxy, or it was "
+    "already used outside an encrypted room), so it cannot go into an encrypted room. Upload it "
+    "again through e2eproxy (or set encryption.plaintext_files = \"copy\"). Nothing was sent."
+)
 
 
 def _is_mxc(value: Any) -> bool:
@@ -23,7 +30,8 @@ async def _encrypted_file(
     request: web.Request, account: Account, mxc: str, mimetype: str | None
 ) -> KnownMedia:
     """The encrypted file behind `mxc`: a held upload, published encrypted now, one whose key
-    we already know, or an encrypted copy of a file the server has in plaintext."""
+    we already know, or (with `plaintext_files = "copy"`) an encrypted copy of a file the
+    server has in plaintext; otherwise such a file is refused."""
     media = request.app[MEDIA].of(account)
     pending = await media.get_pending(mxc)
     if pending is not None:
@@ -40,7 +48,9 @@ async def _encrypted_file(
     if known_media is not None:
         return known_media
     # On the server in plaintext already (uploaded elsewhere, or shared in an unencrypted
-    # room): the encrypted room gets an encrypted copy, never a link to the plaintext.
+    # room): refused, or (if configured) an encrypted copy, never a link to the plaintext.
+    if request.app[CONFIG].encryption.plaintext_files != "copy":
+        raise MatrixError(400, "M_FORBIDDEN", PLAINTEXT_FILE)
     copy = await copy_encrypted(request, account, mxc)
     if mimetype:
         copy.mimetype = mimetype

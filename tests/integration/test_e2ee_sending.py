@@ -186,12 +186,44 @@ async def test_created_encrypted_room_first_message_reaches_the_invitee(
     assert seen["content"] == {"msgtype": "m.text", "body": "first words"}
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"msgtype": "m.file", "body": "plan.pdf", "url": "mxc://stub.test/plainfile"},
+        {
+            "msgtype": "m.image",
+            "body": "cat.png",
+            "file": {"url": "mxc://stub.test/encrypted", "v": "v2"},
+            "info": {"thumbnail_url": "mxc://stub.test/plainthumb"},
+        },
+    ],
+    ids=["url", "thumbnail_url"],
+)
+async def test_plaintext_file_into_encrypted_room_is_refused(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    content: dict[str, Any],
+) -> None:
+    """By default no file that was ever plaintext on the server enters an encrypted room."""
+    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    status, body = await alice.send_raw(room_id, content)
+    assert 400 <= status < 500, body
+    assert isinstance(body, dict) and body.get("errcode") == "M_FORBIDDEN", body
+    assert "unencrypted" in body.get("error", "").lower(), body
+    assert sent_events(stub, room_id) == []
+
+
 async def test_file_already_on_the_server_in_plaintext_goes_in_as_an_encrypted_copy(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    """A bridge relays into an encrypted room a file that is on the server in plaintext: the
-    room gets an encrypted copy under a new id, and no event there names the plaintext one."""
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    """With plaintext_files = "copy", a bridge relaying a file that is on the server in
+    plaintext gets an encrypted copy into the room, and no event there names the plaintext."""
+    alice, bob = await clients(
+        stub, session, start_e2ee_proxy, "alice", "bob",
+        encryption=EncryptionConfig(plaintext_files="copy"),
+    )
     room_id = await encrypted_room_of(alice, bob)
     data = b"a public file, relayed " * 50
     assert stub.base_url is not None
@@ -216,7 +248,10 @@ async def test_file_already_on_the_server_in_plaintext_goes_in_as_an_encrypted_c
 async def test_file_missing_from_the_server_sends_nothing(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    alice, bob = await clients(
+        stub, session, start_e2ee_proxy, "alice", "bob",
+        encryption=EncryptionConfig(plaintext_files="copy"),
+    )
     room_id = await encrypted_room_of(alice, bob)
     content = {"msgtype": "m.file", "body": "plan.pdf", "url": "mxc://stub.test/nosuchfile"}
     status, body = await alice.send_raw(room_id, content)

@@ -86,6 +86,10 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             '[servers.a]\nhomeserver = "https://x"\n[encryption]\nshare_strategy = "some"',
             "encryption.share_strategy: must be one of all, verified",
         ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\n[encryption]\nplaintext_files = "leak"',
+            "encryption.plaintext_files: must be one of refuse, copy",
+        ),
         ('homeserver = "https://x"', "homeserver: unknown key"),
         ("", "servers: no [servers.NAME] table"),
         ("[servers.a\n", "not valid TOML"),
