@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from e2eproxy.proxy.handlers import login, media, send, sync, timeline
+from e2eproxy.protocol import sliding
+from e2eproxy.proxy.handlers import login, media, send, sliding_sync, sync, timeline
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.handlers.wellknown import well_known_client
 
@@ -41,6 +42,7 @@ def add_routes(app: web.Application) -> None:
     _add(router, "POST", client + "/logout", CLIENT, login.logout)
     _add(router, "POST", client + "/logout/all", CLIENT, login.logout)
     _add(router, "GET", client + "/sync", CLIENT, sync.sync)
+    router.add_route("POST", sliding.PATH, sliding_sync.sync)
     _add(router, "PUT", room + "/send/{type}/{txn}", CLIENT, send.send)
     _add(router, "POST", room + "/send/{type}", CLIENT, send.send)  # the txn-less form
     _add(router, "POST", client + "/createRoom", CLIENT, send.create_room)
