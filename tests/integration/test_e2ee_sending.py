@@ -393,6 +393,18 @@ async def test_invitees_get_the_key_unless_history_is_for_joined_members_only(
     early = await alice.send_text(room_id, "said while bob is only invited")
     keyed = [user for user, _ in to_device_recipients(stub.requests, before)]
     await bob.join(room_id)
+
+    def bob_joined() -> bool:
+        return any(
+            e.get("type") == "m.room.member" and e.get("state_key") == bob.user_id
+            and e.get("content", {}).get("membership") == "join"
+            for body in alice.sync_bodies
+            for e in body.get("rooms", {}).get("join", {}).get(room_id, {})
+            .get("timeline", {}).get("events", [])
+        )
+
+    # Alice's side learns of the join from a sync, as any client does, before she writes again.
+    await alice.sync_until(bob_joined, "bob's join")
     later = await alice.send_text(room_id, "said after bob joined")
     assert (await bob.wait_for_event(room_id, later))["content"]["body"] == "said after bob joined"
     seen_early = await bob.event(room_id, early)
