@@ -55,10 +55,12 @@ class OlmClaimer:
         self._in_flight[request.id] = keys
         return request
 
-    def mark_wedged(self, sender_key: str) -> None:
-        """A message from this key could not be decrypted: recover, at most hourly."""
+    def mark_wedged(self, sender: str, sender_key: str) -> None:
+        """A message from this key could not be decrypted: recover, at most hourly. The key is
+        unauthenticated: only a device of the to-device sender itself is ever unwedged, so no one
+        can make us drain another user's one-time keys."""
         device = self._devices.by_curve25519(sender_key)
-        if device is None:
+        if device is None or device.user_id != sender:
             return
         now = self._clock.now_ms()
         last = device.last_unwedge_ms
@@ -103,5 +105,6 @@ class OlmClaimer:
 
     def failed(self, request_id: str) -> None:
         now = self._clock.now_ms()
-        for user, _device in self._in_flight.pop(request_id, []):
-            self._devices.server_failures.failed(server_of(user), now)
+        # Once per server: a batch of many devices is one failure, not one per device.
+        for server in {server_of(user) for user, _device in self._in_flight.pop(request_id, [])}:
+            self._devices.server_failures.failed(server, now)

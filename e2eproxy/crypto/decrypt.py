@@ -64,7 +64,8 @@ class RoomDecryptor:
         return result
 
     def _decrypt_bundled(self, room_id: RoomId, event: dict[str, Any]) -> None:
-        relations = event.get("unsigned", {}).get("m.relations")
+        unsigned = event.get("unsigned")
+        relations = unsigned.get("m.relations") if isinstance(unsigned, dict) else None
         if not isinstance(relations, dict):
             return
         replace = relations.get("m.replace")
@@ -130,6 +131,17 @@ class RoomDecryptor:
         if payload.get("room_id") != room_id:
             return DecryptionFailure(FailureReason.ROOM_MISMATCH, "plaintext names another room",
                                      sid)
+        owner = self._devices.by_curve25519(record.sender_key)
+        if (
+            owner is not None and owner.user_id != event.get("sender")
+            and device_ed25519(owner) == record.signing_key
+        ):
+            # The room key is provably another user's device's: the server (or someone) put
+            # this message under a sender who did not write it. A plain client shows no shield,
+            # so it is refused rather than shown as theirs (and before the replay table sees it).
+            return DecryptionFailure(
+                FailureReason.SENDER_MISMATCH, "sent with another user's room key", sid
+            )
         event_id = event.get("event_id")
         ts = event.get("origin_server_ts")
         event_id = event_id if isinstance(event_id, str) else ""

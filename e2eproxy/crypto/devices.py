@@ -71,6 +71,9 @@ class DeviceTracker:
             self.queried.add(device.user_id)
 
     def _put(self, device: DeviceRecord) -> None:
+        previous = self.devices.get(device.user_id, {}).get(device.device_id)
+        if previous is not None:  # its old Curve25519 key is free again
+            self._by_curve.pop(device_curve25519(previous), None)
         self.devices.setdefault(device.user_id, {})[device.device_id] = device
         curve = device_curve25519(device)
         if curve and not device.deleted:
@@ -224,6 +227,9 @@ class DeviceTracker:
         existing = self.get(user, device_id)
         if existing is not None and device_ed25519(existing) != ed25519:
             return "signing_key_changed"
+        owner = self._by_curve.get(curve)
+        if owner is not None and (owner.user_id, owner.device_id) != (user, device_id):
+            return "curve25519_key_taken"  # first come: a copy would hijack its messages
         if user == self._own_user and device_id == self._own_device and (
             ed25519 != self._own_ed25519
         ):

@@ -20,6 +20,7 @@ class FailureReason(enum.Enum):
     REPLAYED = "replayed"
     ROOM_MISMATCH = "room_mismatch"
     PAYLOAD_INVALID = "payload_invalid"
+    SENDER_MISMATCH = "sender_mismatch"
 
 
 class SenderTrust(enum.Enum):

@@ -141,7 +141,7 @@ class SyncProcessor:
         if isinstance(decrypted, OlmFailure):
             result.failures.append(ToDeviceFailure(sender, "m.room.encrypted", decrypted.reason))
             if decrypted.wedged and decrypted.sender_key is not None:
-                self._p.claimer.mark_wedged(decrypted.sender_key)
+                self._p.claimer.mark_wedged(sender, decrypted.sender_key)
             return
         if decrypted.event_type == "m.room_key":
             self._room_key(decrypted, result)

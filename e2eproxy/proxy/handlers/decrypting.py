@@ -25,6 +25,7 @@ _REASONS = {
     FailureReason.UNSUPPORTED_ALGORITHM: "the encryption algorithm is not supported",
     FailureReason.DECRYPTION_FAILED: "the ciphertext failed its integrity check",
     FailureReason.PAYLOAD_INVALID: "the decrypted payload is invalid",
+    FailureReason.SENDER_MISMATCH: "it was sent with another user's room key; it was rejected",
 }
 
 
