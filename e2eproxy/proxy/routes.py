@@ -75,5 +75,12 @@ def add_routes(app: web.Application) -> None:
     # than forwarded, since forwarding would put plaintext into a room that may be encrypted.
     router.add_route("*", r"/_matrix/client/{prefix:.+}/rooms/{room:[^/]*}/send{rest:(/.*)?}",
                      send.unknown_send)
+    # The same for uploads (another prefix such as MSC2246's unstable one, another method):
+    # forwarded, the file would reach the server in plaintext before any event says where.
+    router.add_route("*", r"/_matrix/media/{prefix:.+}/upload{rest:(/.*)?}", media.unknown_upload)
+    # URL previews: the client asks for the links it read, and it reads decrypted messages as if
+    # they were plain; a preview request would tell the server what an encrypted room said.
+    for preview in ("/_matrix/media/{version}/preview_url", "/_matrix/client/v1/media/preview_url"):
+        router.add_route("*", preview, media.no_preview)
     for prefix in PASSTHROUGH_PREFIXES:
         router.add_route("*", prefix + "{tail:.*}", passthrough)

@@ -615,3 +615,25 @@ async def test_expired_upload_is_forgotten(
     assert status >= 400 and isinstance(body, dict) and body.get("errcode"), body
     assert raw_messages(stub.raw_events(room_id)) == []
     assert stub_media(stub, mxc).content is None
+
+
+async def test_other_upload_forms_and_url_previews_never_reach_the_server(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+) -> None:
+    """An upload form the proxy does not hold (MSC2246's unstable prefix, another method) would
+    put the file on the server in plaintext; a URL preview would tell it what a room said."""
+    _, (alice,) = await proxied(stub, session, start_media_proxy, "alice")
+    before = len(stub.requests)
+    headers = {"Authorization": f"Bearer {alice.access_token}"}
+    for method, path, status in (
+        ("PUT", "/_matrix/media/unstable/fi.mau.msc2246/upload/stub.test/abc", 400),
+        ("POST", "/_matrix/media/v3/upload/", 400),
+        ("GET", "/_matrix/media/v3/preview_url?url=https://secret.example/plan", 403),
+        ("GET", "/_matrix/client/v1/media/preview_url?url=https://secret.example/plan", 403),
+    ):
+        async with session.request(
+            method, alice.base_url + path, data=PNG, headers=headers
+        ) as response:
+            assert response.status == status, (path, await response.text())
+            assert (await response.json())["errcode"] in ("M_UNRECOGNIZED", "M_FORBIDDEN")
+    assert stub.requests[before:] == []

@@ -74,6 +74,22 @@ async def test_unknown_room_encryption_state_fails_closed(
     assert len(sent_events(stub, room_id)) == 1
 
 
+async def test_a_404_that_is_not_the_servers_no_such_state_is_doubt_not_plain(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """A 404 from something in between (or an endpoint it does not know) says nothing about
+    the room: only the server's M_NOT_FOUND for the state event means 'unencrypted'."""
+    stub.faults.add(r"/sync$", method="GET", delay=3.0, times=1)
+    (alice,) = await clients(stub, session, start_e2ee_proxy, "alice")
+    room_id = stub.create_room(alice.user_id, initial_state=[ENCRYPTION_STATE])
+    stub.faults.add(
+        r"/state/m\.room\.encryption", method="GET", status=404, errcode="M_UNRECOGNIZED"
+    )
+    status, body = await alice.send_raw(room_id, {"msgtype": "m.text", "body": "secret"})
+    assert status >= 400, body
+    assert sent_events(stub, room_id) == []
+
+
 async def test_key_share_failure_sends_nothing_and_the_retry_succeeds(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:

@@ -104,6 +104,24 @@ async def upload(request: web.Request) -> web.StreamResponse:
     return web.json_response({"content_uri": mxc})
 
 
+async def unknown_upload(request: web.Request) -> web.StreamResponse:
+    raise MatrixError(
+        400,
+        "M_UNRECOGNIZED",
+        "e2eproxy does not forward this form of upload (the file could reach the server in "
+        "plaintext); use POST /_matrix/media/v3/upload",
+    )
+
+
+async def no_preview(request: web.Request) -> web.StreamResponse:
+    raise MatrixError(
+        403,
+        "M_FORBIDDEN",
+        "e2eproxy does not ask the server for URL previews: the links may come from encrypted "
+        "rooms",
+    )
+
+
 async def upload_to(request: web.Request) -> web.StreamResponse:
     """PUT /upload/{server}/{media_id}: the client's own asynchronous upload, into an id it
     reserved with /create. Held like any upload: the server gets it, encrypted or not, once an

@@ -36,13 +36,19 @@ log = logging.getLogger(__name__)
 V3 = "/_matrix/client/v3"
 
 
+def _no_such_state(status: int, body: Any) -> bool:
+    """The server's own "this room has no such state event": nothing else means "plain" (a 404
+    from a proxy in between, or an endpoint it does not know, is doubt)."""
+    return status == 404 and isinstance(body, dict) and body.get("errcode") == "M_NOT_FOUND"
+
+
 async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) -> bool:
     """What we know, or else what the server says; any doubt is an error, never 'no'."""
     if account.machine.is_room_encrypted(room_id):
         return True
     path = f"{V3}/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
     status, body = await call(upstream, account, "GET", path, attempts=2)
-    if status == 404:
+    if _no_such_state(status, body):
         # Not cached: encryption may be switched on at any moment, and a stale "plain" would
         # send the next message in the clear. One GET per plain send is the price.
         return False
@@ -174,6 +180,11 @@ async def send(request: web.Request) -> web.StreamResponse:
         # Encryption is never switched off again, so a txn of ours can't be in a plain room;
         # the server's own txn dedup covers plain retries.
         plain = await publish_plain_references(request, account, content)
+        if plain is not content and account.machine.is_room_encrypted(room_id):
+            # Publishing files took a while, and a sync meanwhile showed encryption switched on.
+            raise MatrixError(
+                409, "M_UNKNOWN", "The room became encrypted while sending; nothing was sent"
+            )
         answer = await forward_for_json(
             request, body=_encode(plain) if plain is not content else raw
         )
@@ -200,7 +211,7 @@ async def _send_without_keys(
     )
     if status == 200:
         raise refuse(info)
-    if status != 404:
+    if not _no_such_state(status, body):
         raise server_error(status, body, "Could not tell whether the room is encrypted")
     return respond(await forward_for_json(request, body=raw))
 
