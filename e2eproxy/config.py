@@ -100,20 +100,27 @@ class Config:
         if from_env:
             return from_env
         if self.store.passphrase_file is not None:
-            try:
-                return self.store.passphrase_file.read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(
-                    f"{self.source}: store.passphrase_file: cannot read "
-                    f"{self.store.passphrase_file}: {exc.strerror}"
-                ) from exc
+            what = f"{self.source}: store.passphrase_file"
+            return _read_passphrase(self.store.passphrase_file, what)
         # systemd's LoadCredential=store-passphrase:... (see systemd/e2eproxy.service)
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         if credentials:
             credential = Path(credentials) / SYSTEMD_CREDENTIAL
             if credential.is_file():
-                return credential.read_text().rstrip("\r\n")
+                return _read_passphrase(credential, f"systemd credential {SYSTEMD_CREDENTIAL}")
         return None
+
+
+def _read_passphrase(path: Path, what: str) -> str:
+    """A passphrase file's first line; an empty one is an error, not 'no passphrase' (that
+    would silently lock a new store with a key file instead)."""
+    try:
+        passphrase = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    if not passphrase:
+        raise ConfigError(f"{what}: {path} is empty")
+    return passphrase
 
 
 def parse_listen(value: str, key: str, source: str = "<flag>") -> ListenAddress:

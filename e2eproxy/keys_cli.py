@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -33,14 +34,15 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _file_passphrase(args: argparse.Namespace, confirm: bool) -> str:
     if args.passphrase_file is not None:
         try:
-            return str(args.passphrase_file.read_text()).rstrip("\r\n")
+            passphrase = str(args.passphrase_file.read_text()).rstrip("\r\n")
         except OSError as exc:
             raise E2EProxyError(f"cannot read {args.passphrase_file}: {exc.strerror}") from exc
-    if not sys.stdin.isatty():
+    elif not sys.stdin.isatty():
         raise E2EProxyError("no terminal to ask for the passphrase: use --passphrase-file")
-    passphrase = getpass.getpass("Passphrase for the key file: ")
-    if confirm and getpass.getpass("Repeat the passphrase: ") != passphrase:
-        raise E2EProxyError("the passphrases differ")
+    else:
+        passphrase = getpass.getpass("Passphrase for the key file: ")
+        if confirm and getpass.getpass("Repeat the passphrase: ") != passphrase:
+            raise E2EProxyError("the passphrases differ")
     if not passphrase:
         raise E2EProxyError("an empty passphrase would leave the keys unprotected")
     return passphrase
@@ -48,6 +50,17 @@ def _file_passphrase(args: argparse.Namespace, confirm: bool) -> str:
 
 def _progress(done: int, total: int) -> None:
     print(f"\r{done}/{total} sessions", end="", file=sys.stderr, flush=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Created 0600 from the start (never readable by others, even for a moment)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode on open
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise E2EProxyError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 async def run_keys(args: argparse.Namespace, config: Config) -> int:
@@ -58,8 +71,7 @@ async def run_keys(args: argparse.Namespace, config: Config) -> int:
             armored = await export_room_keys(
                 store, args.user, passphrase, _progress, device_id=args.device
             )
-            args.file.write_text(armored)
-            args.file.chmod(0o600)
+            _write_private(args.file, armored)
             print(f"\nExported the room keys of {args.user} to {args.file}", file=sys.stderr)
         else:
             try:

@@ -51,8 +51,14 @@ def _new_passphrase(args: argparse.Namespace) -> str:
     return passphrase
 
 
-def _new_source(args: argparse.Namespace, config: Config) -> secrets.KekSource:
+def _new_source(
+    args: argparse.Namespace, config: Config, current_kind: str
+) -> secrets.KekSource:
     if args.keyring:
+        if current_kind == "keyring":
+            # Its one keyring entry would be overwritten before the database row: a crash in
+            # between would leave the store unreadable. Nothing to change anyway.
+            raise E2EProxyError("the store is already locked by the OS keyring")
         backend = secrets.usable_keyring()
         if backend is None:
             raise E2EProxyError("no usable OS keyring on this machine")
@@ -65,7 +71,7 @@ def _new_source(args: argparse.Namespace, config: Config) -> secrets.KekSource:
 async def run_store(args: argparse.Namespace, config: Config) -> int:
     store = await open_store(config.store, config.store_passphrase())
     try:
-        source = _new_source(args, config)
+        source = _new_source(args, config, await store.backend.key_kind())
         await store.backend.rewrap(source)
     finally:
         await store.close()

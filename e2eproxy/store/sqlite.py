@@ -282,6 +282,17 @@ class SqliteBackend:
         if stored is None or stored[0] != store_id:  # another process created it first
             self._keys = StoreKeys(self._unlock(conn))
 
+    async def key_kind(self) -> str:
+        """What wraps the data key now: "passphrase", "keyring" or "keyfile"."""
+
+        def read() -> str:
+            if self._conn is None:
+                raise StoreError("the store is not open")
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'data_key'").fetchone()
+            return str(json.loads(row[0]).get("kind", ""))
+
+        return await self._call(read)
+
     async def rewrap(self, source: secrets.KekSource) -> None:
         """Wrap the (unchanged) data key under a key from `source`: a new passphrase, or a move
         between passphrase, keyring and key file. Nothing else in the store changes."""

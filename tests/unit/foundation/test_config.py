@@ -148,3 +148,10 @@ def test_passphrase_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv(PASSPHRASE_ENV)
     bare = with_overrides(None, homeserver="https://x")
     assert bare.store_passphrase() == "from-systemd"
+    # An empty file is a mistake to report, not "no passphrase" (a key file would lock the store).
+    (credentials / "store-passphrase").write_text("\n")
+    with pytest.raises(ConfigError, match=r"store-passphrase.*is empty"):
+        bare.store_passphrase()
+    secret_file.write_text("")
+    with pytest.raises(ConfigError, match=r"store\.passphrase_file.*is empty"):
+        config.store_passphrase()

@@ -86,6 +86,14 @@ def test_export_then_import_into_another_store(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert out.read_text().startswith("-----BEGIN MEGOLM SESSION DATA-----")
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    refused = keys_cli(
+        "export", str(tmp_path / "weak.txt"), "--user", USER, "--data-dir", str(tmp_path / "a"),
+        "--passphrase-file", str(empty),
+    )
+    assert refused.returncode == 1 and "empty passphrase" in refused.stderr, refused.stderr
+    assert not (tmp_path / "weak.txt").exists()
     result = keys_cli(
         "import",
         str(out),
