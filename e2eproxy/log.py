@@ -19,8 +19,8 @@ _PATTERNS = (
     (re.compile(r"(?i)((?:access|refresh)_token=)[^&\s\"']+"), rf"\1{REDACTED}"),
     (
         re.compile(
-            r"(?i)(\"(?:access_token|refresh_token|password|passphrase|pickle|session_key"
-            r"|ciphertext|body|key|token)\"\s*:\s*\")[^\"]*"
+            r"(?i)([\"'](?:access_token|refresh_token|password|passphrase|pickle|session_key"
+            r"|ciphertext|body|key|token)[\"']\s*:\s*[\"'])[^\"']*"
         ),
         rf"\1{REDACTED}",
     ),
@@ -42,6 +42,12 @@ class RedactingFilter(logging.Filter):
         if cleaned != message or record.args:
             record.msg = cleaned
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # Rendered here so the traceback (and the values in its messages) is cleaned too;
+            # the formatter uses exc_text when it is set.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
 
 

@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 request_log = logging.getLogger("e2eproxy.requests")
 
 
+def loggable_path(request: web.Request) -> str:
+    """The path, minus a media download's file name: the client took it from a decrypted
+    event, so it is the room's plaintext."""
+    if "filename" in request.match_info:
+        return request.path.rsplit("/", 1)[0] + "/<filename>"
+    return request.path
+
+
 def matrix_error(status: int, errcode: str, message: str) -> web.Response:
     return web.json_response({"errcode": errcode, "error": message}, status=status)
 
@@ -26,12 +34,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except MatrixError as exc:
         return web.json_response(exc.to_json(), status=exc.status)
     except UpstreamError as exc:
-        log.warning("%s %s: %s", request.method, request.path, exc.message)
+        log.warning("%s %s: %s", request.method, loggable_path(request), exc.message)
         return matrix_error(exc.status, "M_UNKNOWN", exc.message)
     except StoreLocked as exc:
         return matrix_error(503, "M_UNKNOWN", f"e2eproxy: {exc}")
     except E2EProxyError as exc:
-        log.error("%s %s: %s", request.method, request.path, exc)
+        log.error("%s %s: %s", request.method, loggable_path(request), exc)
         return matrix_error(500, "M_UNKNOWN", f"e2eproxy: {exc}")
     except web.HTTPNotFound:
         return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
@@ -40,7 +48,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("Internal error handling %s %s", request.method, request.path)
+        log.exception("Internal error handling %s %s", request.method, loggable_path(request))
         return matrix_error(500, "M_UNKNOWN", "Internal error in e2eproxy")
 
 
@@ -73,4 +81,5 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         return response
     finally:
         elapsed = (time.monotonic() - started) * 1000
-        request_log.debug("%s %s -> %s (%.1f ms)", request.method, request.path, status, elapsed)
+        path = loggable_path(request)
+        request_log.debug("%s %s -> %s (%.1f ms)", request.method, path, status, elapsed)

@@ -18,6 +18,7 @@ from e2eproxy.log import RedactingFilter, redact
         '{"refresh_token":"syt_secret_token"}',
         '{"type": "m.login.password", "password": "syt_secret_token"}',
         '{"content": {"body": "syt_secret_token"}}',
+        "{'access_token': 'syt_secret_token'}",  # a Python dict's repr
     ],
 )
 def test_redact_removes_the_secret(text: str) -> None:
@@ -41,3 +42,28 @@ def test_filter_redacts_arguments(caplog: pytest.LogCaptureFixture) -> None:
         logger.filters.clear()
     assert "syt_abc123" not in caplog.text
     assert "/sync?access_token=<redacted>" in caplog.text
+
+
+def test_filter_redacts_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("e2eproxy.test.redaction.traceback")
+    logger.addFilter(RedactingFilter())
+    try:
+        with caplog.at_level(logging.ERROR, logger=logger.name):
+            try:
+                raise ValueError("bad header Authorization: Bearer syt_in_a_traceback")
+            except ValueError:
+                logger.exception("request failed")
+    finally:
+        logger.filters.clear()
+    assert "ValueError" in caplog.text
+    assert "syt_in_a_traceback" not in caplog.text
+
+
+def test_a_decrypted_file_name_stays_out_of_the_request_log() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from e2eproxy.proxy.middleware import loggable_path
+
+    request = make_mocked_request("GET", "/_matrix/client/v1/media/download/s/id/secret-plan.pdf")
+    request.match_info.update({"server": "s", "media_id": "id", "filename": "secret-plan.pdf"})
+    assert loggable_path(request) == "/_matrix/client/v1/media/download/s/id/<filename>"
