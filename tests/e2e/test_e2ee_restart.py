@@ -19,10 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import PlainClient
 from tests.e2e.conftest import PeerFactory
-from tests.e2e.test_e2ee_proxy import Plain, decrypted_message, show
-from tests.support.nio_peer import NioPeer, assert_ciphertext_only
+from tests.e2e.test_e2ee_proxy import Plain, decrypted_message, plain_with_peer_room, show
+from tests.support.nio_peer import assert_ciphertext_only
 from tests.support.processes import ProxyProcess
 from tests.support.synapse import SynapseServer, free_port
 
@@ -58,25 +57,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client_session
 
 
-async def talking_pair(
-    session: aiohttp.ClientSession,
-    proxy: ProxyProcess,
-    synapse: SynapseServer,
-    nio_peers: PeerFactory,
-    localpart: str,
-) -> tuple[Plain, NioPeer, str]:
-    """A plain client logged in through the proxy, a nio peer, an encrypted room of both."""
-    password = f"{localpart}plain-password"
-    await synapse.register(f"{localpart}plain", password=password)
-    client = PlainClient(session, proxy.url)
-    await client.login(f"{localpart}plain", password)
-    plain = Plain(client)
-    peer = await nio_peers(f"{localpart}nio")
-    room_id = await plain.create_encrypted_room(invite=[peer.user_id], name="restarts")
-    await peer.join(room_id)
-    return plain, peer, room_id
-
-
 async def own_devices(synapse: SynapseServer, plain: Plain) -> dict[str, Any]:
     """The user's devices as the server lists them, and their device keys, read directly."""
     token = plain.client.access_token
@@ -101,7 +81,9 @@ async def test_sigterm_restart_keeps_token_device_and_history(
     nio_peers: PeerFactory,
     localpart: str,
 ) -> None:
-    plain, peer, room_id = await talking_pair(session, proxy, synapse, nio_peers, localpart)
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy.url, synapse, nio_peers, localpart, name="restarts"
+    )
     nio_view = await peer.query_devices(plain.user_id)
     assert set(nio_view) == {plain.device_id}, sorted(nio_view)
     device_keys = nio_view[plain.device_id].keys
@@ -219,7 +201,9 @@ async def test_sigkill_then_client_retries_same_txns(
     kill_batch: int,
     kill_after_s: float | None,
 ) -> None:
-    plain, peer, room_id = await talking_pair(session, proxy, synapse, nio_peers, localpart)
+    plain, peer, room_id = await plain_with_peer_room(
+        session, proxy.url, synapse, nio_peers, localpart, name="restarts"
+    )
     earlier: list[str] = []
     if warm_up:
         earlier.append(await plain.send_text(room_id, "warm-up"))

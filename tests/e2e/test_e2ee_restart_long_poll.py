@@ -6,17 +6,16 @@ A client behind the proxy nearly always has a long-poll open; a restart must not
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import pytest
 
 from tests.e2e.conftest import PeerFactory
+from tests.e2e.test_e2ee_proxy import plain_with_peer_room
 from tests.e2e.test_e2ee_restart import (  # noqa: F401  (fixtures)
     SIGTERM_EXIT_S,
     proxy,
     session,
-    talking_pair,
 )
 from tests.support.processes import ProxyProcess
 from tests.support.synapse import SynapseServer
@@ -31,7 +30,9 @@ async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
     nio_peers: PeerFactory,
     localpart: str,
 ) -> None:
-    plain, _peer, _room = await talking_pair(session, proxy, synapse, nio_peers, localpart)
+    plain, _peer, _room = await plain_with_peer_room(
+        session, proxy.url, synapse, nio_peers, localpart
+    )
     await plain.sync_once(timeout_ms=0)
     long_poll = asyncio.create_task(
         plain.client.request(
@@ -42,11 +43,9 @@ async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
     )
     await asyncio.sleep(0.3)
     assert not long_poll.done(), long_poll
-    started = time.monotonic()
-    code = await asyncio.to_thread(proxy.terminate, 40.0)
-    took = time.monotonic() - started
+    # A deadline, not a measurement: terminate() fails the test if the proxy is still there.
+    code = await asyncio.to_thread(proxy.terminate, SIGTERM_EXIT_S)
     assert code == 0, proxy.tail()
-    assert took < SIGTERM_EXIT_S, f"SIGTERM took {took:.1f} s with one long-poll open"
     await asyncio.wait([long_poll], timeout=2)
     assert long_poll.done()
     long_poll.exception()  # answered or cut off: either is fine (the client syncs again)

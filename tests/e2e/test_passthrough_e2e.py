@@ -116,15 +116,12 @@ async def test_long_poll_sync_wakes_up_through_the_proxy(
     room_id = await alice.create_room(preset="private_chat")
     await alice.sync()
 
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     waiting = asyncio.create_task(alice.sync(timeout_ms=20_000))
     await asyncio.sleep(0.5)
     assert not waiting.done()  # the proxy holds the long poll open
     await alice.send_text(room_id, "wake up")
     answer = await asyncio.wait_for(waiting, 10)
     assert timeline_bodies(answer, room_id) == ["wake up"]
-    assert loop.time() - started < 10
 
 
 async def test_errors_pass_through_unchanged(

@@ -94,7 +94,6 @@ async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memo
     stub: StubHomeserver, proxy_process: tuple[str, int], proxy_log: Path
 ) -> None:
     proxy, pid = proxy_process
-    started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         alice, bob = await login_all(http, proxy, stub, "alice", "bob")
@@ -136,7 +135,6 @@ async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memo
             raise AssertionError(f"{exc}\nproxy log:\n{log_tail(proxy_log)}") from None
         after_download = peak_rss_mb(pid)
 
-    elapsed = time.monotonic() - started
     assert got == size
     assert received == expected.hexdigest(), "the download is not the file"
     growth = {
@@ -145,7 +143,6 @@ async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memo
         "download (fetch + decrypt to a slow reader)": after_download - baseline,
     }
     assert all(g < MAX_GROWTH_MB for g in growth.values()), (baseline, growth)
-    assert elapsed < 60, f"took {elapsed:.1f} s"
 
 
 async def slow_download(client: PlainClient, mxc: str) -> tuple[str, int]:

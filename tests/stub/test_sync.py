@@ -60,14 +60,12 @@ async def test_long_poll_wakes_on_new_event(login: Login) -> None:
     bob = await login("bob")
     room_id = await _room_with(alice, bob)
     since = (await bob.sync())["next_batch"]
-    started = time.monotonic()
     poll = asyncio.create_task(bob.sync(since, timeout="5000"))
     await asyncio.sleep(0.1)
     assert not poll.done()
     await _send(alice, room_id, "wake up", "t1")
     sync = await asyncio.wait_for(poll, 2)
     assert _bodies(sync, room_id) == ["wake up"]
-    assert time.monotonic() - started < 2
 
 
 async def test_long_poll_times_out_empty(login: Login) -> None:

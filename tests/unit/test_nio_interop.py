@@ -8,21 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-nio = pytest.importorskip("nio")
-from nio.crypto import Olm  # noqa: E402
-from nio.events import MegolmEvent, RoomMessageText, ToDeviceEvent  # noqa: E402
-from nio.responses import (  # noqa: E402
+from nio.crypto import Olm
+from nio.events import MegolmEvent, RoomMessageText, ToDeviceEvent
+from nio.responses import (
     KeysClaimResponse,
     KeysQueryResponse,
     KeysUploadResponse,
 )
-from nio.store import SqliteMemoryStore  # noqa: E402
+from nio.store import SqliteMemoryStore
 
-from e2eproxy.crypto.results import Decrypted, SenderTrust  # noqa: E402
-from e2eproxy.protocol import api  # noqa: E402
-from tests.support.machine_pair import FakeServer, make_clients  # noqa: E402
+from e2eproxy.crypto.results import Decrypted, SenderTrust
+from e2eproxy.protocol import api
+from tests.support.machine_pair import FakeServer, make_clients
 
 NINA = "@nina:test"
 NINA_DEVICE = "NINADEV"

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -115,10 +114,8 @@ def test_run_logs_where_it_listens_and_stops_cleanly(tmp_path: Path, signum: int
         assert process.stderr is not None
         line = wait_for_line(process.stderr, "Listening on")
         assert f"Listening on http://127.0.0.1:{port} for homeserver http://127.0.0.1:1" in line
-        started = time.monotonic()
         process.send_signal(signum)
-        assert process.wait(timeout=10) == 0
-        assert time.monotonic() - started < 10
+        assert process.wait(timeout=10) == 0  # the deadline: TimeoutExpired fails the test
         assert (tmp_path / "data").is_dir()
     finally:
         process.kill()
