@@ -41,12 +41,6 @@ class LocalProtocolError(ProtocolError):
     """We misused something: a bug or an unsupported call order on our side."""
 
 
-class RemoteProtocolError(ProtocolError):
-    """The server or a peer sent data that breaks the protocol."""
-
-
-class CryptoError(E2EProxyError):
-    """A cryptographic operation failed."""
 
 
 class UpstreamError(E2EProxyError):

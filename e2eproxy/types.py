@@ -5,6 +5,4 @@ from typing import NewType
 UserId = NewType("UserId", str)
 DeviceId = NewType("DeviceId", str)
 RoomId = NewType("RoomId", str)
-EventId = NewType("EventId", str)
 SessionId = NewType("SessionId", str)
-TransactionId = NewType("TransactionId", str)

@@ -14,8 +14,6 @@ from e2eproxy.types import DeviceId, UserId
 
 logger = logging.getLogger(__name__)
 
-MAX_QUERY_USERS = 250
-
 
 def server_of(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
@@ -139,9 +137,6 @@ class DeviceTracker:
         """Never queried, or a device list change arrived since the last answer."""
         record = self.users.get(user)
         return user not in self.queried or (record is not None and record.dirty)
-
-    def is_in_flight(self, user: UserId) -> bool:
-        return any(user in batch for batch in self._in_flight.values())
 
     def query_failed(self, request_id: str, now_ms: int) -> None:
         batch = self._in_flight.pop(request_id, {})

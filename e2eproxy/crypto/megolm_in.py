@@ -54,10 +54,6 @@ class InboundSessions:
         entry = self._cache.get((room_id, session_id))
         return None if entry is None else entry.replay
 
-    def is_cached(self, room_id: RoomId, session_id: SessionId) -> bool:
-        entry = self._cache.get((room_id, session_id))
-        return entry is not None and entry.confirmed
-
     def needed(self, keys: Iterable[Key]) -> list[Key]:
         """Of ``keys``, those the store should load (absent or provisional), de-duplicated."""
         result: list[Key] = []

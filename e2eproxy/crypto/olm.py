@@ -54,10 +54,6 @@ class OlmSessions:
     def has_session(self, curve25519: str) -> bool:
         return bool(self._sessions.get(curve25519))
 
-    def newest_created_ms(self, curve25519: str) -> int | None:
-        sessions = self._sessions.get(curve25519)
-        return max(s.created_ms for s in sessions) if sessions else None
-
     def _add(self, sender_key: str, session: vodozemac.Session, received: bool) -> None:
         now = self._clock.now_ms()
         record = OlmSessionRecord(

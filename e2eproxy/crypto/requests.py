@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from e2eproxy.crypto.changes import ChangeLog
-from e2eproxy.protocol.api import OutgoingRequest, RequestKind
+from e2eproxy.protocol.api import OutgoingRequest
 
 
 class RequestQueue:
@@ -37,9 +37,3 @@ class RequestQueue:
         if request is not None:
             self._log.request_removed(request_id)
         return request
-
-    def has_kind(self, kind: RequestKind) -> bool:
-        return any(r.kind is kind for r in self._pending.values())
-
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._pending

@@ -127,7 +127,6 @@ class Decryptor:
     AES-CTR is malleable, so only the hash proves the ciphertext is the sender's."""
 
     def __init__(self, file_key: FileKey) -> None:
-        self._file_key = file_key
         self._cipher: CipherContext = _ctr(file_key.key, file_key.iv).decryptor()
 
     def update(self, chunk: bytes) -> bytes:

@@ -196,11 +196,6 @@ class AccountRegistry:
         device_id = body.get("device_id")
         return body["user_id"], device_id if isinstance(device_id, str) else None
 
-    def account_of(self, user_id: str, device_id: str | None) -> Account | None:
-        if device_id is None:
-            return None
-        return self.accounts.get(AccountKey(UserId(user_id), DeviceId(device_id)))
-
     async def resolve(self, token: str) -> TokenInfo:
         """The device behind a token; asks /account/whoami once per TTL."""
         info = self.tokens.get(token)

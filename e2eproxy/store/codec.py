@@ -7,7 +7,7 @@ record is always a fresh object, never the live one the engine may still hold.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import vodozemac
 
@@ -26,6 +26,8 @@ from e2eproxy.crypto.settings import EncryptionSettings, LocalTrust
 from e2eproxy.errors import StoreCorrupt
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
 from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
+
+T = TypeVar("T")
 
 
 def dumps(value: dict[str, Any]) -> bytes:
@@ -177,60 +179,24 @@ def tracked_from(value: dict[str, Any]) -> TrackedUserRecord:
     return TrackedUserRecord(UserId(value["user_id"]), True, value["dirty"], value["seq"])
 
 
-def room_to(record: RoomRecord) -> dict[str, Any]:
-    return {
-        "room_id": record.room_id,
-        "encryption": record.encryption,
-        "history_visibility": record.history_visibility,
-        "members": record.members,
-    }
+# Records that are nothing but their fields, stored under these keys (spelled out, so that a
+# renamed field cannot silently change what is on disk).
+_PLAIN_FIELDS: dict[type, tuple[str, ...]] = {
+    RoomRecord: ("room_id", "encryption", "history_visibility", "members"),
+    ReplayRecord: ("room_id", "session_id", "message_index", "event_id", "origin_server_ts"),
+    WithheldRecord: ("room_id", "session_id", "sender_key", "code", "reason"),
+}
 
 
-def room_from(value: dict[str, Any]) -> RoomRecord:
-    members = {UserId(user): state for user, state in value["members"].items()}
-    return RoomRecord(
-        RoomId(value["room_id"]), value["encryption"], value["history_visibility"], members
-    )
+def plain_to(record: RoomRecord | ReplayRecord | WithheldRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _PLAIN_FIELDS[type(record)]}
 
 
-def replay_to(record: ReplayRecord) -> dict[str, Any]:
-    return {
-        "room_id": record.room_id,
-        "session_id": record.session_id,
-        "message_index": record.message_index,
-        "event_id": record.event_id,
-        "origin_server_ts": record.origin_server_ts,
-    }
-
-
-def replay_from(value: dict[str, Any]) -> ReplayRecord:
-    return ReplayRecord(
-        RoomId(value["room_id"]),
-        SessionId(value["session_id"]),
-        value["message_index"],
-        value["event_id"],
-        value["origin_server_ts"],
-    )
-
-
-def withheld_to(record: WithheldRecord) -> dict[str, Any]:
-    return {
-        "room_id": record.room_id,
-        "session_id": record.session_id,
-        "sender_key": record.sender_key,
-        "code": record.code,
-        "reason": record.reason,
-    }
-
-
-def withheld_from(value: dict[str, Any]) -> WithheldRecord:
-    return WithheldRecord(
-        RoomId(value["room_id"]),
-        SessionId(value["session_id"]),
-        value["sender_key"],
-        value["code"],
-        value["reason"],
-    )
+def plain_from(cls: type[T], value: dict[str, Any]) -> T:
+    try:
+        return cls(*(value[name] for name in _PLAIN_FIELDS[cls]))
+    except (KeyError, TypeError) as exc:
+        raise StoreCorrupt(f"a stored {cls.__name__} is incomplete") from exc
 
 
 def request_to(request: OutgoingRequest) -> dict[str, Any]:

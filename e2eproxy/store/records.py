@@ -18,6 +18,8 @@ from e2eproxy.crypto.changes import (
     EngineSnapshot,
     InboundGroupSessionRecord,
     ReplayRecord,
+    RoomRecord,
+    WithheldRecord,
 )
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.store import codec
@@ -128,8 +130,8 @@ class RecordStore:
             outbound_group_sessions=[codec.outbound_from(loads(v), key) for v in raw[t.OUTBOUND]],
             devices=[codec.device_from(loads(v)) for v in raw[t.DEVICE]],
             tracked_users=[codec.tracked_from(loads(v)) for v in raw[t.USER]],
-            rooms=[codec.room_from(loads(v)) for v in raw[t.ROOM]],
-            withheld=[codec.withheld_from(loads(v)) for v in raw[t.WITHHELD]],
+            rooms=[codec.plain_from(RoomRecord, loads(v)) for v in raw[t.ROOM]],
+            withheld=[codec.plain_from(WithheldRecord, loads(v)) for v in raw[t.WITHHELD]],
             pending_requests=[codec.request_from(loads(v)) for v in raw[t.REQUEST]],
             to_device_hashes=[loads(v)["h"] for v in raw[t.TO_DEVICE]],
         )
@@ -141,7 +143,7 @@ class RecordStore:
         found, replays = await self._backend.run(lambda txn: _read_inbound(txn, account, wanted))
         key = self._backend.pickle_key
         sessions = [codec.inbound_from(codec.loads(v), key) for v in found]
-        return sessions, [codec.replay_from(codec.loads(v)) for v in replays]
+        return sessions, [codec.plain_from(ReplayRecord, codec.loads(v)) for v in replays]
 
     async def count_inbound_group_sessions(self, account: AccountKey) -> int:
         def count(txn: t.Txn) -> int:

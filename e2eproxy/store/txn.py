@@ -146,7 +146,7 @@ def plan_changes(
         else:
             ops.append(Delete(USER, (user.user_id,)))
     for room in changes.rooms:
-        ops.append(Put(ROOM, (room.room_id,), dumps(codec.room_to(room))))
+        ops.append(Put(ROOM, (room.room_id,), dumps(codec.plain_to(room))))
     ops.extend(_plan_small(changes, now_ms, sync_tokens or {}, txns or {}))
     return ops
 
@@ -159,13 +159,13 @@ def _plan_small(
 ) -> list[Op]:
     ops: list[Op] = []
     for replay in changes.replay_entries:
-        value = codec.dumps(codec.replay_to(replay))
+        value = codec.dumps(codec.plain_to(replay))
         index_key = (replay.session_id, str(replay.message_index))
         ops.append(Put(REPLAY, index_key, value, group=(replay.room_id, replay.session_id)))
     for digest in changes.to_device_hashes:
         ops.append(Put(TO_DEVICE, (digest,), codec.dumps({"h": digest}), ts=now_ms))
     for withheld in changes.withheld:
-        value = codec.dumps(codec.withheld_to(withheld))
+        value = codec.dumps(codec.plain_to(withheld))
         ops.append(Put(WITHHELD, (withheld.room_id, withheld.session_id), value))
     # Added before removed: a request can be both within one batch.
     for request in changes.requests_added:
