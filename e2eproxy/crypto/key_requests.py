@@ -11,6 +11,7 @@ proxy's ``engine_io``), and unverified own devices must not get them this way.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from e2eproxy.crypto.account import AccountState
@@ -25,6 +26,9 @@ from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
 
 logger = logging.getLogger(__name__)
 KEY_REQUEST = "m.room_key_request"
+# Answered (user, device, session) triples remembered, so a device cannot make us encrypt and
+# send the same key again and again with fresh request ids.
+MAX_ANSWERED = 1_000
 
 
 class KeyRequestResponder:
@@ -39,6 +43,7 @@ class KeyRequestResponder:
         self._outbound = outbound
         self._inbound = inbound
         self._queue = queue
+        self._answered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     def handle(self, events: list[dict[str, Any]]) -> None:
         for event in events:
@@ -63,7 +68,7 @@ class KeyRequestResponder:
             or not isinstance(device_id, str)
         ):
             return
-        if sender == self._account.user_id:
+        if sender == self._account.user_id or (sender, device_id, session_id) in self._answered:
             return
         record = self._outbound.get(RoomId(room_id))
         if record is None or record.session.session_id != session_id:
@@ -93,5 +98,8 @@ class KeyRequestResponder:
         if encrypted is None:
             return  # no Olm session: it never had the key from us over Olm either
         self._queue.add(api.to_device("m.room.encrypted", {sender: {device_id: encrypted}}))
+        self._answered[(sender, device_id, session_id)] = None
+        if len(self._answered) > MAX_ANSWERED:
+            self._answered.popitem(last=False)
         logger.debug("re-shared room key %s of %s with %s/%s from index %d",
                      session_id, room_id, sender, device_id, index)

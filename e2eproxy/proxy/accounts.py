@@ -100,10 +100,15 @@ class AccountRegistry:
 
     # -- accounts ------------------------------------------------------------------------
     async def _restore(self, key: AccountKey, token: str) -> Account | None:
-        snapshot = await self.store.load_snapshot(key)
-        if snapshot is None:
+        if key not in await self.store.list_accounts():
             return None
+        # The lease first, then the snapshot: loaded before, it could be the state another
+        # process was still changing, and our saves would then undo its ratchets.
         await self.store.acquire_lease(key, wait_ms=LEASE_WAIT_MS)
+        snapshot = await self.store.load_snapshot(key)
+        if snapshot is None:  # logged out meanwhile
+            await self.store.release_lease(key)
+            return None
         machine = OlmMachine.restore(key.user_id, key.device_id, self.clock, snapshot)
         return self._activate(key, machine, token)
 

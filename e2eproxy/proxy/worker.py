@@ -120,7 +120,18 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         if status == -1:
             continue
         if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
-            await process_sync(account, body, BACKGROUND_STREAM)
+            try:
+                await process_sync(account, body, BACKGROUND_STREAM)
+            except Exception:
+                # The position is not advanced, so the server delivers it all again: nothing
+                # is lost, and the loop (the account's only key intake when idle) lives on.
+                log.exception(
+                    "Background sync for %s: could not apply a sync; retrying in %.0f s",
+                    account.device_id, backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
             since = body["next_batch"]
             backoff = 1.0
             continue

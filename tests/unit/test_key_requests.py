@@ -51,6 +51,9 @@ def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None
     second = alice.send(ROOM, "two")
     session_id = first["content"]["session_id"]
     [answer] = _answers(alice, _request(bob, session_id))
+    repeated = _request(bob, session_id)
+    repeated["content"]["request_id"] = "another-id"
+    assert _answers(alice, repeated) == []  # once per device and session, whatever the id
     assert list(answer.body["messages"]) == [bob.user_id]
     assert list(answer.body["messages"][bob.user_id]) == [bob.device_id]
     alice.answer(answer)

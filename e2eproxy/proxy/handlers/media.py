@@ -17,7 +17,6 @@ from aiohttp import web
 from e2eproxy.errors import MatrixError, UpstreamError
 from e2eproxy.protocol.attachments import (
     AttachmentError,
-    Decryptor,
     HashCheck,
     parse_encrypted_file,
 )
@@ -237,21 +236,16 @@ async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.Strea
     spool = request.app[MEDIA].spool
     name = spool.new_name()
     check = HashCheck(key)
-    size = await _fetch_ciphertext(request, url, spool.path(name), check.update)
-    try:
+    try:  # the spool file goes in every case, a download that failed half-way included
+        size = await _fetch_ciphertext(request, url, spool.path(name), check.update)
         if not check.ok():
             raise MatrixError(
                 502, "M_UNKNOWN", "The file failed its integrity check (sha256); it was not served"
             )
-        decryptor = Decryptor(key)
-
-        async def plaintext() -> AsyncIterator[bytes]:
-            async for chunk in spool.read(name):
-                yield decryptor.update(chunk)
-
         filename = request.match_info.get("filename") or known.filename
         return await _serve(
-            request, plaintext(), size, known.mimetype or "application/octet-stream", filename
+            request, spool.read(name, key), size, known.mimetype or "application/octet-stream",
+            filename,
         )
     finally:
         spool.remove(name)

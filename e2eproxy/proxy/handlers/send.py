@@ -134,8 +134,12 @@ async def _send_encrypted(
 ) -> web.Response:
     upstream = request.app[UPSTREAM]
     path = f"{V3}/rooms/{quote(room_id, safe='')}/send/m.room.encrypted/{quote(txn, safe='')}"
+    if request.query_string:  # e.g. a delayed event (MSC4140) or an appservice's `ts`
+        path += f"?{request.query_string}"
     status, body = await call(upstream, account, "PUT", path, encrypted)
-    if status == 200 and isinstance(body, dict):
+    if not isinstance(body, dict):  # an HTML error page, a cut answer: never a bare `null`
+        raise server_error(status, body, "The homeserver gave no answer to the send")
+    if status == 200:
         # Not awaited: the ciphertext is already stored under the txn, so losing this write
         # only means a retry resends it and the server's own txn dedup answers.
         account.in_background(
@@ -254,7 +258,8 @@ def _initial_state(spec: dict[str, Any], event_type: str) -> dict[str, Any] | No
 async def _note_new_room(account: Account, room_id: str, spec: dict[str, Any]) -> None:
     encryption = _initial_state(spec, "m.room.encryption")
     visibility = _initial_state(spec, "m.room.history_visibility")
-    invites = [u for u in spec.get("invite") or [] if isinstance(u, str)]
+    invite = spec.get("invite")
+    invites = [u for u in invite if isinstance(u, str)] if isinstance(invite, list) else []
     async with account.lock:
         if encryption is not None:
             account.machine.update_room_encryption(room_id, encryption)
