@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import vodozemac
@@ -27,6 +28,7 @@ class AccountState:
         self._log = log
         self.upload_in_flight: str | None = None
         self._fallback_used = False
+        self._device_keys: dict[str, Any] | None = None
 
     @property
     def account(self) -> vodozemac.Account:
@@ -52,7 +54,10 @@ class AccountState:
         return sign_json(value, self.user_id, f"ed25519:{self.device_id}", self.sign)
 
     def device_keys(self) -> dict[str, Any]:
-        """The signed ``device_keys`` object for ``/keys/upload``."""
+        """The signed ``device_keys`` object for ``/keys/upload`` (and MSC4147's
+        ``sender_device_keys``); Ed25519 signatures are deterministic, so it is built once."""
+        if self._device_keys is not None:
+            return copy.deepcopy(self._device_keys)
         keys = {
             "user_id": self.user_id,
             "device_id": self.device_id,
@@ -62,7 +67,8 @@ class AccountState:
                 f"ed25519:{self.device_id}": self.ed25519,
             },
         }
-        return self.sign_json(keys)
+        self._device_keys = self.sign_json(keys)
+        return copy.deepcopy(self._device_keys)
 
     def update_counts(
         self, otk_counts: Any, fallback_types: Any, now_ms: int

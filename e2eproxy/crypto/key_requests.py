@@ -90,7 +90,6 @@ class KeyRequestResponder:
             "session_id": session_id,
             "session_key": exported.to_base64(),
             "sender_claimed_ed25519_key": self._account.ed25519,
-            "sender_claimed_keys": {"ed25519": self._account.ed25519},
             "forwarding_curve25519_key_chain": [],
             "m.shared_history": record.settings.shared_history,
         }

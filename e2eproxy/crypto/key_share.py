@@ -126,8 +126,9 @@ class KeySharer:
             "room_id": record.room_id,
             "session_id": record.session.session_id,
             "session_key": record.session.session_key.to_base64(),
+            # The stable name only: matrix-rust-sdk reads the MSC3061 name as an alias of it
+            # and drops a key that carries both ("duplicate field").
             "m.shared_history": shared_history,
-            "org.matrix.msc3061.shared_history": shared_history,
         }
 
     def _to_device(self, record: OutboundGroupSessionRecord, recipients: Recipients

@@ -98,10 +98,12 @@ class OlmSessions:
         )
         payload = {
             "sender": self._account.user_id,
-            "sender_device": self._account.device_id,
             "keys": {"ed25519": self._account.ed25519},
             "recipient": device.user_id,
             "recipient_keys": {"ed25519": device_ed25519(device)},
+            # MSC4147 (spec 1.15): a recipient that has not fetched our keys yet can still
+            # check who we are; matrix-rust-sdk drops a non-room-key event without it then.
+            "sender_device_keys": self._account.device_keys(),
             "type": event_type,
             "content": content,
         }
@@ -197,9 +199,30 @@ class OlmSessions:
             return OlmFailure("payload_invalid", sender_key)
         if not isinstance(event_type, str) or not isinstance(content, dict):
             return OlmFailure("payload_invalid", sender_key)
+        if not _sender_device_keys_valid(payload, sender, sender_key, keys["ed25519"]):
+            return OlmFailure("sender_device_keys_invalid", sender_key)
         known = self._devices.by_curve25519(sender_key)
         if known is not None and (
             known.user_id != sender or device_ed25519(known) != keys["ed25519"]
         ):
             return OlmFailure("mismatched_keys", sender_key)
         return OlmDecrypted(sender, sender_key, keys["ed25519"], event_type, content)
+
+
+def _sender_device_keys_valid(payload: dict[str, Any], sender: str, sender_key: str,
+                              ed25519: str) -> bool:
+    """The spec's checks of MSC4147's ``sender_device_keys``, when a payload carries them: the
+    sender's own signed device keys, naming the keys this message came with."""
+    device_keys = payload.get("sender_device_keys", payload.get("org.matrix.msc4147.device_keys"))
+    if device_keys is None:
+        return True
+    if not isinstance(device_keys, dict) or device_keys.get("user_id") != sender:
+        return False
+    device_id, keys = device_keys.get("device_id"), device_keys.get("keys")
+    if not isinstance(device_id, str) or not isinstance(keys, dict):
+        return False
+    if keys.get(f"curve25519:{device_id}") != sender_key:
+        return False
+    if keys.get(f"ed25519:{device_id}") != ed25519:
+        return False
+    return verify_json(device_keys, sender, f"ed25519:{device_id}", ed25519)
