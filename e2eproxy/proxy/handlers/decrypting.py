@@ -6,13 +6,16 @@ import time
 
 from aiohttp import web
 
-from e2eproxy.crypto.results import DecryptionFailure, FailureReason
+from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
+from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.protocol.rewrite import Slot, undecryptable_notice
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.engine_io import decrypt_slots
 from e2eproxy.proxy.keys import CONFIG, MEDIA
 from e2eproxy.proxy.media import expose_urls, media_of_event
 
+# Where a decrypted event tells the client who encrypted it (as rust-sdk's EncryptionInfo).
+ENCRYPTION_INFO = "org.e2eproxy.encryption"
 # A key for an event older than this is not "on its way" any more: do not hold a /sync for it.
 RECENT_MS = 5 * 60 * 1000
 
@@ -33,6 +36,20 @@ def failure_text(failure: DecryptionFailure) -> str:
     if failure.withheld_code:
         return f"the sender withheld the room key ({failure.withheld_code})"
     return _REASONS.get(failure.reason, failure.reason.value)
+
+
+def add_encryption_info(result: Decrypted) -> None:
+    """Tell the client, in the event's ``unsigned``, which device encrypted it and what the
+    proxy knows of that device (it shows no shield, so this is where a bot can look)."""
+    unsigned = result.event.setdefault("unsigned", {})
+    if isinstance(unsigned, dict):
+        unsigned[ENCRYPTION_INFO] = {
+            "algorithm": MEGOLM_ALGORITHM,
+            "sender_curve25519_key": result.sender_key,
+            "sender_device": result.sender_device,
+            "session_id": result.session_id,
+            "verification": result.trust.value,
+        }
 
 
 def _recent(slot: Slot) -> bool:
@@ -60,4 +77,5 @@ async def decrypt_in_place(
             for mxc, known in media_of_event(content):
                 await media.add_known(mxc, known)
             expose_urls(content)
+        add_encryption_info(result)
         slot.replace(result.event)
