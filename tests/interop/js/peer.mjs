@@ -1,0 +1,253 @@
+// One Matrix device with matrix-js-sdk and its Rust crypto (matrix-sdk-crypto as wasm): the
+// crypto stack Element Web runs. The Python tests drive it over JSON lines: one request
+// {"id", "cmd", "args"} per stdin line, one answer {"id", "ok", "result" | "error"} per stdout
+// line. Everything the SDK logs goes to stderr, which the tests keep as the peer's log.
+
+import { createInterface } from "node:readline";
+import { format } from "node:util";
+
+import { decryptAttachment, encryptAttachment } from "matrix-encrypt-attachment";
+import {
+    ClientEvent,
+    createClient,
+    Direction,
+    MatrixEvent,
+    MatrixEventEvent,
+    RoomEvent,
+} from "matrix-js-sdk";
+import { EventShieldColour, EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js";
+
+// stdout is the protocol channel: every log line of the SDK (console.*) goes to stderr.
+for (const level of ["log", "info", "debug", "warn", "error", "trace"]) {
+    console[level] = (...args) => process.stderr.write(format(...args) + "\n");
+}
+
+const POLL_MS = 50;
+let client = null;
+const seen = new Map(); // event id -> MatrixEvent, every timeline event of every room
+
+function need(condition, message) {
+    if (!condition) throw new Error(message);
+}
+
+async function until(what, timeoutMs, probe) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+        const value = await probe();
+        if (value) return value;
+        if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${what}`);
+        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+}
+
+function remember(event) {
+    if (event.getId()) seen.set(event.getId(), event);
+}
+
+async function describe(event) {
+    const failure = event.isDecryptionFailure();
+    let shield = null;
+    if (event.isEncrypted() && !failure) {
+        const info = await client.getCrypto().getEncryptionInfoForEvent(event);
+        if (info) {
+            shield = {
+                colour: EventShieldColour[info.shieldColour],
+                reason: info.shieldReason === null ? null : EventShieldReason[info.shieldReason],
+            };
+        }
+    }
+    return {
+        event_id: event.getId(),
+        room_id: event.getRoomId(),
+        sender: event.getSender(),
+        type: event.getType(),
+        content: event.getContent(),
+        wire_type: event.getWireType(),
+        encrypted: event.isEncrypted(),
+        decryption_failure: failure ? String(event.decryptionFailureReason) : null,
+        session_id: event.isEncrypted() ? event.getWireContent().session_id : null,
+        sender_device: event.isEncrypted() ? event.getWireContent().device_id : null,
+        shield,
+    };
+}
+
+async function login({ base_url, user, password, device_name }) {
+    need(client === null, "already logged in");
+    const anonymous = createClient({ baseUrl: base_url });
+    const answer = await anonymous.loginRequest({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user },
+        password,
+        initial_device_display_name: device_name,
+    });
+    client = createClient({
+        baseUrl: base_url,
+        accessToken: answer.access_token,
+        userId: answer.user_id,
+        deviceId: answer.device_id,
+    });
+    await client.initRustCrypto({ useIndexedDB: false });
+    client.on(RoomEvent.Timeline, (event) => remember(event));
+    client.on(MatrixEventEvent.Decrypted, (event) => remember(event));
+    const prepared = new Promise((resolve) => {
+        client.on(ClientEvent.Sync, (state) => {
+            if (state === "PREPARED") resolve();
+        });
+    });
+    await client.startClient({ initialSyncLimit: 20 });
+    await prepared;
+    return {
+        user_id: answer.user_id,
+        device_id: answer.device_id,
+        access_token: answer.access_token,
+        ed25519: (await client.getCrypto().getOwnDeviceKeys()).ed25519,
+    };
+}
+
+async function createRoom({ invite = [], rotation_period_msgs, history_visibility, name }) {
+    const encryption = { algorithm: "m.megolm.v1.aes-sha2" };
+    if (rotation_period_msgs) encryption.rotation_period_msgs = rotation_period_msgs;
+    const initialState = [{ type: "m.room.encryption", state_key: "", content: encryption }];
+    if (history_visibility) {
+        initialState.push({
+            type: "m.room.history_visibility",
+            state_key: "",
+            content: { history_visibility },
+        });
+    }
+    const { room_id } = await client.createRoom({
+        preset: "private_chat",
+        invite,
+        name,
+        initial_state: initialState,
+    });
+    await until(`room ${room_id} in the store`, 15000, () => client.getRoom(room_id));
+    return { room_id };
+}
+
+async function join({ room_id, timeout_ms = 15000 }) {
+    await until(`invite to ${room_id}`, timeout_ms, () => client.getRoom(room_id));
+    await client.joinRoom(room_id);
+    await until(`own join in ${room_id}`, timeout_ms, () =>
+        client.getRoom(room_id)?.getMyMembership() === "join");
+    return {};
+}
+
+async function waitForMember({ room_id, user_id, membership = "join", timeout_ms = 15000 }) {
+    await until(`${user_id} ${membership} in ${room_id}`, timeout_ms, () =>
+        client.getRoom(room_id)?.getMember(user_id)?.membership === membership);
+    return {};
+}
+
+async function send({ room_id, type, content }) {
+    const { event_id } = await client.sendEvent(room_id, type, content);
+    return { event_id };
+}
+
+async function waitForEvent({ event_id, body, room_id, timeout_ms = 20000 }) {
+    const match = (event) =>
+        (event_id === undefined || event.getId() === event_id) &&
+        (room_id === undefined || event.getRoomId() === room_id) &&
+        (body === undefined || event.getContent().body === body);
+    let last = null;
+    try {
+        const found = await until(`event ${event_id ?? body}`, timeout_ms, () => {
+            for (const event of seen.values()) {
+                if (!match(event)) continue;
+                last = event;
+                // A key may still be on its way: wait for decryption (or a final failure).
+                if (!event.isBeingDecrypted() && !event.isDecryptionFailure()) return event;
+            }
+            return null;
+        });
+        return await describe(found);
+    } catch (error) {
+        if (last !== null) return await describe(last); // the failure, for the test to show
+        throw error;
+    }
+}
+
+async function messages({ room_id, limit = 50 }) {
+    // Straight from the server's /messages, each event decrypted by the crypto stack.
+    const answer = await client.createMessagesRequest(room_id, null, limit, Direction.Backward);
+    const events = [];
+    for (const raw of answer.chunk) {
+        const event = new MatrixEvent({ ...raw, room_id });
+        await client.decryptEventIfNeeded(event);
+        events.push(await describe(event));
+    }
+    return { events };
+}
+
+async function uploadFile({ data_b64, mimetype, name }) {
+    const plain = Buffer.from(data_b64, "base64");
+    const encrypted = await encryptAttachment(plain);
+    const upload = await client.uploadContent(new Blob([encrypted.data]), {
+        type: "application/octet-stream",
+        includeFilename: false,
+    });
+    return { file: { ...encrypted.info, url: upload.content_uri, mimetype }, name, size: plain.length };
+}
+
+async function downloadFile({ file }) {
+    // Authenticated media, as Element does; the bytes are ciphertext until decryptAttachment.
+    const [server, mediaId] = file.url.slice("mxc://".length).split("/");
+    const url = `${client.baseUrl}/_matrix/client/v1/media/download/${server}/${mediaId}`;
+    const response = await fetch(url, {
+        headers: { Authorization: `Bearer ${client.getAccessToken()}` },
+    });
+    need(response.ok, `download ${file.url}: ${response.status}`);
+    const plain = await decryptAttachment(await response.arrayBuffer(), file);
+    return { data_b64: Buffer.from(plain).toString("base64") };
+}
+
+async function deviceIds({ user_id }) {
+    const devices = await client.getCrypto().getUserDeviceInfo([user_id], true);
+    return { device_ids: [...(devices.get(user_id)?.keys() ?? [])].sort() };
+}
+
+async function shutdown() {
+    if (client !== null) client.stopClient();
+    setTimeout(() => process.exit(0), 10);
+    return {};
+}
+
+const COMMANDS = {
+    login,
+    create_room: createRoom,
+    join,
+    invite: async ({ room_id, user_id }) => (await client.invite(room_id, user_id), {}),
+    wait_for_member: waitForMember,
+    send,
+    wait_for_event: waitForEvent,
+    messages,
+    upload_file: uploadFile,
+    download_file: downloadFile,
+    device_ids: deviceIds,
+    shutdown,
+};
+
+function answer(message) {
+    process.stdout.write(JSON.stringify(message) + "\n");
+}
+
+const lines = createInterface({ input: process.stdin });
+lines.on("line", async (line) => {
+    let request;
+    try {
+        request = JSON.parse(line);
+    } catch (error) {
+        answer({ id: null, ok: false, error: `bad request line: ${error}` });
+        return;
+    }
+    const { id, cmd, args = {} } = request;
+    try {
+        need(cmd in COMMANDS, `unknown command ${cmd}`);
+        need(cmd === "login" || client !== null, "log in first");
+        answer({ id, ok: true, result: await COMMANDS[cmd](args) });
+    } catch (error) {
+        console.error(`command ${cmd} failed:`, error);
+        answer({ id, ok: false, error: String(error?.stack ?? error) });
+    }
+});
+lines.on("close", () => shutdown());
