@@ -325,3 +325,16 @@ def test_sender_device_keys_that_do_not_match_are_refused() -> None:
         assert result.room_keys == [], tamper.__name__
         decrypted = alice.decrypt(ROOM, _raw_event(raw, group, "hello"))
         assert isinstance(decrypted, DecryptionFailure), tamper.__name__
+
+
+def test_megolm_event_without_its_deprecated_fields_decrypts() -> None:
+    # The spec deprecates sender_key and device_id in Megolm events; a sender may leave them out.
+    alice, raw = _room_with_raw()
+    group, room_key = _raw_outbound(raw)
+    _raw_shares_room_key(alice, raw, room_key)
+    alice.tick()
+    event = _raw_event(raw, group, "lean")
+    del event["content"]["sender_key"], event["content"]["device_id"]
+    result = alice.decrypt(ROOM, event)
+    assert isinstance(result, Decrypted) and result.event["content"]["body"] == "lean"
+    assert result.sender_device == raw.device_id
