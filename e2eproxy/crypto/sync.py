@@ -200,6 +200,12 @@ class SyncProcessor:
         key = (RoomId(room_id), SessionId(session_id))
         if self._p.inbound.get(*key) is not None:
             return
+        # Anyone can send a plaintext notice naming any session: only the sender's own device
+        # (its Curve25519 key as we know it) may say it withheld a session it created.
+        device = self._p.devices.by_curve25519(sender_key)
+        if device is None or device.user_id != sender:
+            logger.debug("withheld notice from %s for a key not of its devices: ignored", sender)
+            return
         reason = content.get("reason")
         self._p.withheld[key] = code
         self._p.log.withheld(WithheldRecord(

@@ -324,29 +324,51 @@ def test_withheld_notices_remembered_for_a_bounded_number_of_sessions() -> None:
     assert not sharer._note_withheld(session(MAX_WITHHELD_SESSIONS + 5), device)
 
 
-def test_withheld_under_its_older_unstable_name_is_understood() -> None:
-    from e2eproxy.crypto.clock import ManualClock
-    from e2eproxy.crypto.machine import OlmMachine
-
-    machine = OlmMachine("@me:test", "MEDEV", ManualClock())
-    event = {
-        "algorithm": "m.megolm.v1.aes-sha2",
-        "ciphertext": "AwgAEhAAAAAAAAAA",
-        "sender_key": "c2VuZGVyIGtleQ",
-        "session_id": "c2Vzc2lvbg",
-        "device_id": "SENDER",
-    }
-    machine.receive_sync({"to_device": {"events": [{
-        "type": "org.matrix.room_key.withheld",
-        "sender": "@them:test",
+def _withheld_notice(
+    event_type: str, sender: str, sender_key: str, session_id: str
+) -> dict[str, object]:
+    return {"to_device": {"events": [{
+        "type": event_type,
+        "sender": sender,
         "content": {
-            "algorithm": "m.megolm.v1.aes-sha2", "room_id": ROOM, "session_id": "c2Vzc2lvbg",
-            "sender_key": "c2VuZGVyIGtleQ", "code": "m.unverified", "reason": "not verified",
+            "algorithm": "m.megolm.v1.aes-sha2", "room_id": ROOM, "session_id": session_id,
+            "sender_key": sender_key, "code": "m.unverified", "reason": "not verified",
         },
-    }]}})
-    failure = machine.decrypt_room_event(ROOM, {
-        "type": "m.room.encrypted", "event_id": "$e", "sender": "@them:test",
-        "origin_server_ts": 1, "content": event,
-    })
+    }]}}
+
+
+def test_withheld_under_its_older_unstable_name_is_understood() -> None:
+    _server, (alice, bob) = _room(("alice", "bob"))
+    event = alice.send(ROOM, "still on its way to bob")
+    alice_key = alice.machine.identity_keys["curve25519"]
+    bob.machine.receive_sync(_withheld_notice(
+        "org.matrix.room_key.withheld", alice.user_id, alice_key, event["content"]["session_id"]
+    ))
+    failure = bob.decrypt(ROOM, event)
     assert isinstance(failure, DecryptionFailure)
     assert failure.withheld_code == "m.unverified"
+
+
+def test_withheld_notice_counts_only_from_the_device_whose_key_it_names() -> None:
+    """Anyone can send a plaintext notice naming any session: Mallory's, in Alice's name (her
+    Curve25519 key), must not make Bob's proxy call Alice's message withheld (nor stop waiting
+    for its key); Alice's own notice does."""
+    _server, (alice, bob, mallory) = _room(("alice", "bob", "mallory"))
+    event = alice.send(ROOM, "still on its way to bob")
+    session_id = event["content"]["session_id"]
+    alice_key = alice.machine.identity_keys["curve25519"]
+    forged = bob.machine.receive_sync(
+        _withheld_notice("m.room_key.withheld", mallory.user_id, alice_key, session_id)
+    )
+    assert forged.withheld == []
+    failure = bob.decrypt(ROOM, event)
+    assert isinstance(failure, DecryptionFailure)
+    assert (failure.reason, failure.withheld_code) == (FailureReason.MISSING_SESSION, None)
+
+    genuine = bob.machine.receive_sync(
+        _withheld_notice("m.room_key.withheld", alice.user_id, alice_key, session_id)
+    )
+    assert genuine.withheld == [(ROOM, session_id, "m.unverified")]
+    # The key itself still wins over any notice once it arrives.
+    bob.tick()
+    assert bob.read(ROOM, event) == "still on its way to bob"
