@@ -20,7 +20,9 @@ from e2eproxy.crypto.megolm_in import InboundSessions
 from e2eproxy.crypto.megolm_out import OutboundSessions
 from e2eproxy.crypto.olm import OlmSessions
 from e2eproxy.crypto.requests import RequestQueue
+from e2eproxy.crypto.results import SyncResult
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM, LocalTrust
+from e2eproxy.crypto.to_device import ToDeviceEvent, ToDeviceRouter
 from e2eproxy.protocol import api
 from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
 
@@ -45,18 +47,15 @@ class KeyRequestResponder:
         self._queue = queue
         self._answered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
-    def handle(self, events: list[dict[str, Any]]) -> None:
-        for event in events:
-            if event.get("type") == KEY_REQUEST:
-                try:
-                    self._answer(event)
-                except Exception:  # a bug must not lose the rest of the sync
-                    logger.exception("unexpected error while answering a room key request")
+    def register(self, router: ToDeviceRouter) -> None:
+        # Plaintext requests count too: they only ever get an answer over Olm, to a device
+        # the key was shared with.
+        router.register(KEY_REQUEST, self.handle)
 
-    def _answer(self, event: dict[str, Any]) -> None:
-        sender, content = event.get("sender"), event.get("content")
-        if not isinstance(sender, str) or not isinstance(content, dict):
-            return
+    def handle(self, event: ToDeviceEvent, result: SyncResult) -> None:
+        self._answer(event.sender.user_id, event.content)
+
+    def _answer(self, sender: str, content: dict[str, Any]) -> None:
         body, device_id = content.get("body"), content.get("requesting_device_id")
         if content.get("action") != "request" or not isinstance(body, dict):
             return  # cancellations: every answer goes out at once, nothing is pending

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import vodozemac
@@ -38,6 +38,7 @@ from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason,
 from e2eproxy.crypto.rooms import RoomStates
 from e2eproxy.crypto.settings import EncryptionSettings, LocalTrust, SharingStrategy
 from e2eproxy.crypto.sync import Parts, SyncProcessor
+from e2eproxy.crypto.to_device import Handler, ToDeviceRouter
 from e2eproxy.errors import LocalProtocolError
 from e2eproxy.protocol import api
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
@@ -73,13 +74,28 @@ class OlmMachine:
         self._withheld: Withheld = {}
         parts = Parts(self._account, self._devices, self._olm, self._claimer, self._inbound,
                       self._outbound, self._rooms, self._withheld, self._log)
-        self._sync = SyncProcessor(parts, clock.now_ms)
+        self._router = ToDeviceRouter()
+        self._sync = SyncProcessor(parts, clock.now_ms, self._router)
         self._sync.inbound_complete = _record is None
         self._decryptor = RoomDecryptor(self._inbound, self._devices, self._withheld, self._log)
         self._sharer = KeySharer(self._account, self._devices, self._olm, self._claimer,
                                  self._outbound, self._queue, clock)
         self._key_requests = KeyRequestResponder(self._account, self._devices, self._olm,
                                                  self._outbound, self._inbound, self._queue)
+        self._key_requests.register(self._router)
+        # What an answer (or a failure) of each kind of request does to the state.
+        self._on_sent: dict[RequestKind, Callable[[str, Any], None]] = {
+            RequestKind.KEYS_UPLOAD: self._upload_sent,
+            RequestKind.KEYS_QUERY: self._query_sent,
+            RequestKind.KEYS_CLAIM: self._claim_sent,
+            RequestKind.TO_DEVICE: self._to_device_sent,
+        }
+        self._on_failed: dict[RequestKind, Callable[[str], None]] = {
+            RequestKind.KEYS_UPLOAD: lambda _id: self._account.upload_failed(),
+            RequestKind.KEYS_QUERY: self._query_failed,
+            RequestKind.KEYS_CLAIM: self._claimer.failed,
+            RequestKind.TO_DEVICE: self._to_device_failed,
+        }
         self._devices.track([self.user_id])
 
     # -- restore -------------------------------------------------------------------------
@@ -125,11 +141,15 @@ class OlmMachine:
 
     # -- sync ----------------------------------------------------------------------------
     def receive_sync(self, body: dict[str, Any]) -> SyncResult:
-        """Apply a ``/sync`` response body; idempotent; never raises on bad data. Room key
-        requests it carries are answered (see ``key_requests``) through ``outgoing_requests``."""
-        result = self._sync.process(body)
-        self._key_requests.handle(result.to_device_events)
-        return result
+        """Apply a ``/sync`` response body; idempotent; never raises on bad data. Each
+        to-device event goes to the handler registered for its type (see ``to_device``); what
+        they answer (room key requests, ...) goes out through ``outgoing_requests``."""
+        return self._sync.process(body)
+
+    def register_to_device_handler(self, event_types: str | tuple[str, ...],
+                                   handler: Handler, *, plaintext: bool = True) -> None:
+        """Route to-device events of ``event_types`` (plain or decrypted) to ``handler``."""
+        self._router.register(event_types, handler, plaintext=plaintext)
 
     def mark_all_tracked_users_dirty(self) -> None:
         """The sync position was lost: device list changes since then were never seen."""
@@ -287,20 +307,23 @@ class OlmMachine:
     def mark_request_as_sent(self, request_id: str, response: Any) -> None:
         """The server answered ``request_id`` successfully with ``response`` (its JSON)."""
         request = self._queue.pop(request_id)
-        if request is None:
-            return
-        now = self._clock.now_ms()
-        if request.kind is RequestKind.KEYS_UPLOAD:
-            self._account.upload_succeeded(response)
-        elif request.kind is RequestKind.KEYS_QUERY:
-            update = self._devices.receive_query(request_id, response, now)
-            for device in update.removed:
-                self._outbound.discard_shared_with(device.user_id, device.device_id)
-        elif request.kind is RequestKind.KEYS_CLAIM:
-            for device in self._claimer.receive(request_id, response):
-                self._after_new_session(device)
-        elif request.kind is RequestKind.TO_DEVICE:
-            self._outbound.request_done(request_id, success=True)
+        if request is not None:
+            self._on_sent[request.kind](request_id, response)
+
+    def _upload_sent(self, request_id: str, response: Any) -> None:
+        self._account.upload_succeeded(response)
+
+    def _query_sent(self, request_id: str, response: Any) -> None:
+        update = self._devices.receive_query(request_id, response, self._clock.now_ms())
+        for device in update.removed:
+            self._outbound.discard_shared_with(device.user_id, device.device_id)
+
+    def _claim_sent(self, request_id: str, response: Any) -> None:
+        for device in self._claimer.receive(request_id, response):
+            self._after_new_session(device)
+
+    def _to_device_sent(self, request_id: str, response: Any) -> None:
+        self._outbound.request_done(request_id, success=True)
 
     def _after_new_session(self, device: DeviceRecord) -> None:
         key = (device.user_id, device.device_id)
@@ -318,17 +341,14 @@ class OlmMachine:
     def mark_request_as_failed(self, request_id: str, error: object = None) -> None:
         """Sending ``request_id`` failed for good; state is rolled back so it can be redone."""
         request = self._queue.pop(request_id)
-        if request is None:
-            return
-        now = self._clock.now_ms()
-        if request.kind is RequestKind.KEYS_UPLOAD:
-            self._account.upload_failed()
-        elif request.kind is RequestKind.KEYS_QUERY:
-            self._devices.query_failed(request_id, now)
-        elif request.kind is RequestKind.KEYS_CLAIM:
-            self._claimer.failed(request_id)
-        elif request.kind is RequestKind.TO_DEVICE:
-            self._outbound.request_done(request_id, success=False)
+        if request is not None:
+            self._on_failed[request.kind](request_id)
+
+    def _query_failed(self, request_id: str) -> None:
+        self._devices.query_failed(request_id, self._clock.now_ms())
+
+    def _to_device_failed(self, request_id: str) -> None:
+        self._outbound.request_done(request_id, success=False)
 
     def take_changes(self) -> Changes:
         """Everything to persist since the last call; save it before acting on results."""

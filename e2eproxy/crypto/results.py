@@ -76,14 +76,10 @@ class ToDeviceFailure:
 
 @dataclass(slots=True)
 class SyncResult:
-    """What ``receive_sync`` hands back to the shell.
+    """What ``receive_sync`` hands back to the shell: the room keys and withheld notices that
+    arrived (decryption may change now), and the to-device events that were dropped and why.
+    Every to-device event is consumed in the engine by the handler of its type."""
 
-    ``to_device_events``: decrypted (or plaintext, non-key) to-device events for the shell
-    (verification, key requests...); room keys and withheld notices are consumed by the engine
-    and listed in ``room_keys``/``withheld``.
-    """
-
-    to_device_events: list[dict[str, Any]] = field(default_factory=list)
     room_keys: list[RoomKeyInfo] = field(default_factory=list)
     withheld: list[tuple[RoomId, SessionId, str]] = field(default_factory=list)
     failures: list[ToDeviceFailure] = field(default_factory=list)

@@ -14,21 +14,21 @@ from e2eproxy.crypto.account import AccountState
 from e2eproxy.crypto.changes import ChangeLog, InboundGroupSessionRecord, WithheldRecord
 from e2eproxy.crypto.claims import OlmClaimer
 from e2eproxy.crypto.decrypt import Withheld
-from e2eproxy.crypto.devices import DeviceTracker
+from e2eproxy.crypto.devices import DeviceTracker, device_ed25519
 from e2eproxy.crypto.megolm_in import InboundSessions
 from e2eproxy.crypto.megolm_out import OutboundSessions
 from e2eproxy.crypto.olm import OlmDecrypted, OlmFailure, OlmSessions
 from e2eproxy.crypto.results import RoomKeyInfo, SyncResult, ToDeviceFailure
 from e2eproxy.crypto.rooms import ACTIVE_MEMBERSHIPS, RoomStates
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
+from e2eproxy.crypto.to_device import ToDeviceEvent, ToDeviceRouter, ToDeviceSender
 from e2eproxy.protocol.canonical import canonical_json
 from e2eproxy.types import RoomId, SessionId, UserId
 
 logger = logging.getLogger(__name__)
 MAX_SEEN_HASHES = 50_000
-KEY_EVENTS = frozenset({"m.room_key", "m.forwarded_room_key"})
 # The stable name and the one clients used before it (still sent by some).
-WITHHELD_EVENTS = frozenset({"m.room_key.withheld", "org.matrix.room_key.withheld"})
+WITHHELD_EVENTS = ("m.room_key.withheld", "org.matrix.room_key.withheld")
 
 
 @dataclass(slots=True)
@@ -61,11 +61,17 @@ def _dict(value: Any, *path: str) -> dict[str, Any]:
 class SyncProcessor:
     """Applies one ``/sync`` body to the engine state."""
 
-    def __init__(self, parts: Parts, now_ms: Any) -> None:
+    def __init__(self, parts: Parts, now_ms: Any, router: ToDeviceRouter) -> None:
         self._p = parts
         self._now_ms = now_ms
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.inbound_complete = False
+        self.router = router
+        router.register("m.room.encrypted", self._olm_event)
+        router.register("m.room_key", self._room_key_event, plaintext=False)
+        router.register(WITHHELD_EVENTS, self._withheld_event)
+        # MSC1719: a new session's first message, to unwedge it; nothing to do beyond decrypting.
+        router.register("m.dummy", lambda event, result: None, plaintext=False)
 
     def load_hashes(self, hashes: list[str]) -> None:
         for digest in hashes[-MAX_SEEN_HASHES:]:
@@ -125,35 +131,41 @@ class SyncProcessor:
             self._seen.popitem(last=False)
         self._p.log.to_device_hash(digest)
         sender = event.get("sender")
-        sender = sender if isinstance(sender, str) else ""
-        event_type = event["type"]
-        if event_type == "m.room.encrypted":
-            self._olm_event(event, sender, result)
-        elif event_type in KEY_EVENTS:
-            result.failures.append(ToDeviceFailure(sender, event_type, "plaintext_room_key"))
-        elif event_type in WITHHELD_EVENTS:
-            self._withheld(sender, event.get("content"), result)
-        else:
-            result.to_device_events.append(event)
+        content = event.get("content")
+        plain = ToDeviceEvent(
+            event["type"], content if isinstance(content, dict) else {},
+            ToDeviceSender(sender if isinstance(sender, str) else ""), encrypted=False,
+        )
+        self.router.dispatch(plain, result)
 
-    def _olm_event(self, event: dict[str, Any], sender: str, result: SyncResult) -> None:
-        decrypted = self._p.olm.decrypt(event)
+    def _olm_event(self, event: ToDeviceEvent, result: SyncResult) -> None:
+        sender = event.sender.user_id
+        decrypted = self._p.olm.decrypt({"sender": sender, "content": event.content})
         if isinstance(decrypted, OlmFailure):
             result.failures.append(ToDeviceFailure(sender, "m.room.encrypted", decrypted.reason))
             if decrypted.wedged and decrypted.sender_key is not None:
                 self._p.claimer.mark_wedged(sender, decrypted.sender_key)
             return
-        if decrypted.event_type == "m.room_key":
-            self._room_key(decrypted, result)
-        elif decrypted.event_type in WITHHELD_EVENTS:
-            self._withheld(sender, decrypted.content, result)
-        elif decrypted.event_type != "m.dummy":
-            result.to_device_events.append({
-                "type": decrypted.event_type,
-                "sender": sender,
-                "content": decrypted.content,
-                "keys": {"curve25519": decrypted.sender_key, "ed25519": decrypted.sender_ed25519},
-            })
+        if decrypted.event_type == "m.room.encrypted":
+            result.failures.append(ToDeviceFailure(sender, "m.room.encrypted", "nested"))
+            return
+        device = self._p.devices.by_curve25519(decrypted.sender_key)
+        if device is not None and (
+            device.user_id != sender or device_ed25519(device) != decrypted.sender_ed25519
+        ):
+            device = None
+        identity = ToDeviceSender(sender, decrypted.sender_key, decrypted.sender_ed25519, device)
+        inner = ToDeviceEvent(decrypted.event_type, decrypted.content, identity, encrypted=True)
+        self.router.dispatch(inner, result)
+
+    def _room_key_event(self, event: ToDeviceEvent, result: SyncResult) -> None:
+        sender = event.sender
+        assert sender.curve25519 is not None and sender.ed25519 is not None  # encrypted only
+        self._room_key(OlmDecrypted(sender.user_id, sender.curve25519, sender.ed25519,
+                                    event.type, event.content), result)
+
+    def _withheld_event(self, event: ToDeviceEvent, result: SyncResult) -> None:
+        self._withheld(event.sender.user_id, event.content, result)
 
     def _room_key(self, decrypted: OlmDecrypted, result: SyncResult) -> None:
         content = decrypted.content

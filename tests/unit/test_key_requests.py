@@ -7,6 +7,7 @@ from typing import Any
 
 import vodozemac
 
+from e2eproxy.crypto.to_device import ToDeviceEvent
 from e2eproxy.protocol.api import RequestKind
 from tests.support.machine_pair import Client, FakeServer, make_clients
 
@@ -58,10 +59,12 @@ def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None
     assert list(answer.body["messages"][bob.user_id]) == [bob.device_id]
     alice.answer(answer)
 
-    forwarded = [e for e in bob.sync().to_device_events if e["type"] == "m.forwarded_room_key"]
+    forwarded = _capture_forwarded(bob)
+    bob.sync()
     [event] = forwarded
-    content = event["content"]
-    assert event["sender"] == alice.user_id
+    content = event.content
+    assert event.sender.user_id == alice.user_id
+    assert event.sender.device is not None and event.sender.device.device_id == alice.device_id
     assert (content["room_id"], content["session_id"]) == (ROOM, session_id)
     assert content["sender_claimed_ed25519_key"] == alice.machine.identity_keys["ed25519"]
     session = vodozemac.InboundGroupSession.import_session(
@@ -71,6 +74,15 @@ def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None
     for event_sent, body in ((first, "one"), (second, "two")):
         message = vodozemac.MegolmMessage.from_base64(event_sent["content"]["ciphertext"])
         assert b'"body":"' + body.encode() in session.decrypt(message).plaintext
+
+
+def _capture_forwarded(client: Client) -> list[ToDeviceEvent]:
+    """What reaches a handler of m.forwarded_room_key (the engine keeps none of them yet)."""
+    got: list[ToDeviceEvent] = []
+    client.machine.register_to_device_handler(
+        "m.forwarded_room_key", lambda event, _result: got.append(event), plaintext=False
+    )
+    return got
 
 
 def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None:
@@ -84,9 +96,11 @@ def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None
     later = alice.send(ROOM, "after carol")
     [answer] = _answers(alice, _request(carol, later["content"]["session_id"]))
     alice.answer(answer)
-    [event] = [e for e in carol.sync().to_device_events if e["type"] == "m.forwarded_room_key"]
+    forwarded = _capture_forwarded(carol)
+    carol.sync()
+    [event] = forwarded
     session = vodozemac.InboundGroupSession.import_session(
-        vodozemac.ExportedSessionKey(event["content"]["session_key"])
+        vodozemac.ExportedSessionKey(event.content["session_key"])
     )
     assert session.first_known_index == 1
 

@@ -114,7 +114,7 @@ def test_plaintext_room_key_and_foreign_olm_are_rejected() -> None:
         "algorithm": "m.megolm.v1.aes-sha2", "room_id": ROOM, "session_id": "x",
         "session_key": "y"}}
     result = bob.machine.receive_sync({"to_device": {"events": [plain, for_carol]}})
-    assert [f.reason for f in result.failures] == ["plaintext_room_key", "not_for_us"]
+    assert [f.reason for f in result.failures] == ["must_be_encrypted", "not_for_us"]
     assert result.room_keys == []
 
 
