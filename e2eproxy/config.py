@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SHARE_STRATEGIES = ("all", "verified")
 UNDECRYPTABLE_MODES = ("notice", "raw")
 PLAINTEXT_FILE_MODES = ("refuse", "copy")
+# The spec's server name grammar: a DNS name, IPv4 or [IPv6] address, and an optional port.
+SERVER_NAME = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     # Seconds to wait for the homeserver to start answering a request (long-poll syncs excepted).
     upstream_timeout: float = 60.0
+    # The homeserver's server name (what follows ":" in its user IDs): a user of another server
+    # never gets keys here. None: learned from the first login the homeserver confirms.
+    server_name: str | None = None
 
     @property
     def advertised_url(self) -> str:
@@ -223,9 +229,19 @@ def _server(name: str, data: Any, source: str) -> ServerConfig:
         public_url=check_url(public_url, table.key("public_url"), source) if public_url else None,
         cors_origins=tuple(origins),
         upstream_timeout=table.positive("upstream_timeout", 60.0),
+        server_name=_server_name(table.get("server_name", str, None), table),
     )
     table.finish()
     return server
+
+
+def _server_name(value: str | None, table: _Table) -> str | None:
+    if value is not None and not SERVER_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{table.source}: {table.key('server_name')}: expected a Matrix server name "
+            f"(host or host:port, as in @user:host), got {value!r}"
+        )
+    return value
 
 
 def _store(data: Any, source: str, base: Path) -> StoreConfig:

@@ -39,6 +39,10 @@ FOREIGN_DEVICE = (
     "to use encrypted rooms."
 )
 NO_DEVICE = "This access token has no device, so e2eproxy cannot encrypt or decrypt for it."
+OTHER_SERVER = (
+    "This user belongs to another server than the homeserver e2eproxy serves here, so e2eproxy "
+    "holds no keys for it."
+)
 
 
 @dataclass
@@ -61,13 +65,22 @@ class AccountRegistry:
     """The accounts of one homeserver behind the proxy, by device and by token."""
 
     def __init__(
-        self, upstream: Upstream, store: Store, clock: Clock, strategy: SharingStrategy
+        self,
+        upstream: Upstream,
+        store: Store,
+        clock: Clock,
+        strategy: SharingStrategy,
+        *,
+        server_name: str | None = None,
     ) -> None:
         self.upstream = upstream
         self.homeserver = str(upstream.base_url)
         self.store = store
         self.clock = clock
         self.strategy = strategy
+        # Users of other servers are never given keys here: configured, or else pinned by the
+        # first account the homeserver itself confirmed (or found in the store).
+        self.server_name = server_name
         self.accounts: dict[AccountKey, Account] = {}
         self.tokens: dict[str, TokenInfo] = {}
         self._attach_lock = asyncio.Lock()
@@ -80,7 +93,7 @@ class AccountRegistry:
             if await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver:
                 continue
             token = await self.store.get_secret(key, TOKEN_SECRET)
-            if token is not None:
+            if token is not None and self._of_this_server(key.user_id):
                 restores.append(self._restore_at_start(key, token))
         # In parallel: after a crash each lease may take its full term to expire.
         await asyncio.gather(*restores)
@@ -134,25 +147,62 @@ class AccountRegistry:
         start_worker(self.upstream, account)
         return account
 
+    def _of_this_server(self, user_id: str) -> bool:
+        """Whether `user_id` is of the server this registry serves; the first user asked about
+        pins the server name when none is configured (callers ask only about users the
+        homeserver itself vouched for)."""
+        server = user_id.partition(":")[2]
+        if self.server_name is None and server:
+            self.server_name = server
+        return bool(server) and server == self.server_name
+
+    async def confirm_login(self, user_id: str, device_id: str, token: str) -> TokenInfo | None:
+        """Bind a login answer's token, once the configured homeserver says (whoami) that it is
+        this user's device: an answer alone is no proof, and binding a stored account to a
+        stranger's token would hand over its keys. None when it does not match."""
+        try:
+            confirmed = await self.whoami(token)
+        except (MatrixError, UpstreamError) as exc:
+            log.warning("Login of %s %s not confirmed by the homeserver: %s", user_id, device_id,
+                        exc)
+            return None
+        if confirmed != (user_id, device_id):
+            log.warning(
+                "A login answer named %s %s but its token is %s %s: not attached",
+                user_id, device_id, *confirmed,
+            )
+            return None
+        return await self.attach(user_id, device_id, token)
+
     async def attach(self, user_id: str, device_id: str, token: str) -> TokenInfo:
-        """Bind a token to its device's account: restore it, create it, or refuse it."""
+        """Bind a token to its device's account: restore it, create it, or refuse it. Only for
+        a (user, device, token) the homeserver confirmed."""
         key = AccountKey(UserId(user_id), DeviceId(device_id))
         async with self._attach_lock:
-            account = self.accounts.get(key)
-            refusal = None
-            if account is None:
-                account = await self._restore(key, token)
-            if account is None:
-                if await self._device_has_keys(user_id, device_id, token):
-                    refusal = FOREIGN_DEVICE
-                else:
-                    account = await self._create(key, token)
-            elif account.access_token != token:
-                account.new_token(token)
-                await self.store.put_secret(key, TOKEN_SECRET, token)
+            if self._of_this_server(user_id):
+                account, refusal = await self._bind(key, token)
+            else:
+                log.warning("Not holding keys for %s: not a user of %s", user_id,
+                            self.server_name)
+                account, refusal = None, OTHER_SERVER
         info = TokenInfo(user_id, device_id, account, refusal, time.monotonic() + TOKEN_TTL_S)
         self._remember(token, info)
         return info
+
+    async def _bind(self, key: AccountKey, token: str) -> tuple[Account | None, str | None]:
+        """(account, None), or (None, why this token gets no keys). Call with the attach lock."""
+        account = self.accounts.get(key)
+        if account is not None:
+            if account.access_token != token:
+                account.new_token(token)
+                await self.store.put_secret(key, TOKEN_SECRET, token)
+            return account, None
+        account = await self._restore(key, token)
+        if account is not None:
+            return account, None
+        if await self._device_has_keys(key.user_id, key.device_id, token):
+            return None, FOREIGN_DEVICE
+        return await self._create(key, token), None
 
     def _remember(self, token: str, info: TokenInfo) -> None:
         # Refreshed tokens are never asked for again: sweep the expired ones now and then, or a

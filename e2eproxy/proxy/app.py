@@ -14,7 +14,12 @@ from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.proxy.accounts import AccountRegistry
 from e2eproxy.proxy.keys import CONFIG, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
-from e2eproxy.proxy.middleware import add_cors_headers, errors_middleware, request_log_middleware
+from e2eproxy.proxy.middleware import (
+    add_cors_headers,
+    errors_middleware,
+    request_log_middleware,
+    target_guard_middleware,
+)
 from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import Store, open_store
@@ -38,7 +43,7 @@ def create_app(
     """The proxy for one homeserver. Without `store`, the app opens (and closes) the one the
     configuration describes."""
     app = web.Application(
-        middlewares=[request_log_middleware, errors_middleware],
+        middlewares=[request_log_middleware, errors_middleware, target_guard_middleware],
         client_max_size=CLIENT_MAX_SIZE,
         handler_args={"max_field_size": 64 * 1024, "max_line_size": 64 * 1024},
     )
@@ -58,7 +63,11 @@ def create_app(
         own_store = store is None
         opened = store or await open_store(config.store, config.store_passphrase())
         registry = AccountRegistry(
-            upstream, opened, clock or SystemClock(), STRATEGIES[config.encryption.share_strategy]
+            upstream,
+            opened,
+            clock or SystemClock(),
+            STRATEGIES[config.encryption.share_strategy],
+            server_name=server.server_name,
         )
         app[REGISTRY] = registry
         spool = MediaSpool(config.store.data_dir / "media")

@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from e2eproxy.errors import E2EProxyError, MatrixError, StoreLocked, UpstreamError
 from e2eproxy.proxy.keys import SERVER
+from e2eproxy.proxy.targets import target_problem
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("e2eproxy.requests")
@@ -50,6 +51,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("Internal error handling %s %s", request.method, loggable_path(request))
         return matrix_error(500, "M_UNKNOWN", "Internal error in e2eproxy")
+
+
+@web.middleware
+async def target_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request target that is not a plain path before anything classifies or forwards
+    it: `POST pany://x/_matrix/client/v3/login` is routed as a login, and forwarded as it came
+    it would have gone to another host."""
+    problem = target_problem(request.raw_path)
+    if problem is not None:
+        return matrix_error(400, "M_UNRECOGNIZED", f"e2eproxy: {problem}")
+    return await handler(request)
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:

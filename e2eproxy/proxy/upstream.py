@@ -12,7 +12,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from e2eproxy.errors import UpstreamError
+from e2eproxy.errors import MatrixError, UpstreamError
+from e2eproxy.proxy.targets import target_problem
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,27 @@ class Upstream:
         return self._session
 
     def url_for(self, raw_path_and_query: str) -> URL:
-        """Join the raw (still percent-encoded) path and query onto the homeserver URL."""
-        base = str(self.base_url).rstrip("/")
-        return URL(base + raw_path_and_query, encoded=True)
+        """The homeserver URL for a raw (still percent-encoded) path and query.
+
+        Built from its parts, never by joining strings: a target such as `pany://x/...` would
+        otherwise turn `https://matrix.example.com` into another host. Whatever comes in, the
+        URL has the configured scheme, host and port, or this raises MatrixError (400).
+        """
+        problem = target_problem(raw_path_and_query)
+        if problem is not None:
+            raise MatrixError(400, "M_UNRECOGNIZED", f"e2eproxy: {problem}")
+        path, _, query = raw_path_and_query.partition("?")
+        base = self.base_url
+        url = URL.build(
+            scheme=base.scheme,
+            authority=base.raw_authority,
+            path=base.raw_path.rstrip("/") + path,
+            query_string=query,
+            encoded=True,
+        )
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise MatrixError(400, "M_UNRECOGNIZED", "e2eproxy: request target names another host")
+        return url
 
     def timeout_for(self, extra_ms: float = 0.0) -> aiohttp.ClientTimeout:
         grace = LONG_POLL_GRACE_S if extra_ms else 0.0

@@ -27,8 +27,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         user_id, device_id, token = (data.get(k) for k in ("user_id", "device_id", "access_token"))
         if isinstance(user_id, str) and isinstance(device_id, str) and isinstance(token, str):
             try:
-                info = await request.app[REGISTRY].attach(user_id, device_id, token)
-                if info.account is not None:
+                info = await request.app[REGISTRY].confirm_login(user_id, device_id, token)
+                if info is not None and info.account is not None:
                     async with asyncio.timeout(KEY_UPLOAD_WAIT_S):
                         await drain_outgoing(request.app[UPSTREAM], info.account)
             except (E2EProxyError, TimeoutError) as exc:

@@ -90,6 +90,10 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             '[servers.a]\nhomeserver = "https://x"\n[encryption]\nplaintext_files = "leak"',
             "encryption.plaintext_files: must be one of refuse, copy",
         ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\nserver_name = "@evil/x"',
+            "servers.a.server_name: expected a Matrix server name",
+        ),
         ('homeserver = "https://x"', "homeserver: unknown key"),
         ("", "servers: no [servers.NAME] table"),
         ("[servers.a\n", "not valid TOML"),

@@ -1,0 +1,85 @@
+"""Whose keys a token gets (#16): an account is bound to a token only when the configured
+homeserver itself says the token is that user's device, of its own server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from e2eproxy.proxy.accounts import AccountRegistry
+from e2eproxy.proxy.keys import REGISTRY
+from e2eproxy.store import AccountKey
+from e2eproxy.types import DeviceId, UserId
+from tests.integration.conftest import RunningProxy, StartE2EEProxy
+from tests.support.plain_client import PlainClient, login_all
+from tests.support.stub_homeserver import StubHomeserver
+
+LOGIN = r"/_matrix/client/v3/login$"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as http:
+        yield http
+
+
+def registry_of(proxy: RunningProxy) -> AccountRegistry:
+    app = proxy.server.app
+    assert app is not None
+    return app[REGISTRY]
+
+
+def key_of(user_id: str, device_id: str) -> AccountKey:
+    return AccountKey(UserId(user_id), DeviceId(device_id))
+
+
+async def test_a_login_answer_does_not_rebind_another_users_account(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """Whatever answered the login (another host, before targets were checked) named Alice's
+    device with Mallory's token: her account, its keys and rooms, must stay hers."""
+    proxy = await start_e2ee_proxy()
+    alice, mallory = await login_all(session, proxy.url, stub, "alice", "mallory")
+    registry = registry_of(proxy)
+    alice_key = key_of(alice.user_id, alice.device_id)
+    stub.faults.add(LOGIN, method="POST", status=200, times=1, body={
+        "user_id": alice.user_id, "device_id": alice.device_id,
+        "access_token": mallory.access_token, "home_server": "stub.test",
+    })
+    attacker = PlainClient(session, proxy.url)
+    await attacker.login("mallory")  # answered with Alice's identity and Mallory's token
+    assert registry.accounts[alice_key].access_token == alice.access_token
+    bound = registry.tokens.get(str(mallory.access_token))
+    assert bound is not None and bound.user_id == mallory.user_id, bound
+    assert bound.account is not registry.accounts[alice_key]
+    # Alice's own token still drives her account.
+    assert (await alice.whoami())["user_id"] == alice.user_id
+    assert registry.tokens[str(alice.access_token)].account is registry.accounts[alice_key]
+
+
+async def test_a_user_of_another_server_never_gets_keys(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """Even when the homeserver confirms it, a user ID of another server than the one this
+    proxy serves gets no account (no keys created, none restored)."""
+    proxy = await start_e2ee_proxy()
+    (alice,) = await login_all(session, proxy.url, stub, "alice")  # pins stub.test
+    stub.register("mallory", "pw")
+    direct = stub.login("mallory", "pw", device_id="EVILDEV")
+    foreign = {"user_id": "@alice:evil.example", "device_id": "EVILDEV"}
+    stub.faults.add(LOGIN, method="POST", status=200, times=1,
+                    body={**foreign, "access_token": direct.access_token})
+    stub.faults.add(r"/account/whoami$", status=200, times=1, body=foreign)
+    attacker = PlainClient(session, proxy.url)
+    await attacker.login("mallory")
+    registry = registry_of(proxy)
+    evil_key = key_of("@alice:evil.example", "EVILDEV")
+    assert evil_key not in registry.accounts
+    assert evil_key not in await proxy.store.list_accounts()
+    assert stub.keys.devices.get(("@mallory:stub.test", "EVILDEV")) is None or (
+        stub.keys.devices[("@mallory:stub.test", "EVILDEV")].device_keys is None
+    )
+    assert registry.server_name == "stub.test"
+    assert key_of(alice.user_id, alice.device_id) in registry.accounts

@@ -1,0 +1,48 @@
+"""The request target rules (#16): what the proxy refuses before it classifies or forwards a
+request, and the upstream URL that can only ever name the configured homeserver."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2eproxy.errors import MatrixError
+from e2eproxy.proxy.targets import target_problem
+from e2eproxy.proxy.upstream import Upstream
+
+HOMESERVER = "https://matrix.example.com"
+ATTACKS = (
+    "pany://x/_matrix/client/v3/login",  # https://matrix.example.com + pany:// -> .company
+    "@evil.example/_matrix/client/v3/login",  # userinfo: the host becomes evil.example
+    ".evil.example/_matrix/client/v3/login",  # matrix.example.com.evil.example
+    ":8448@evil.example/_matrix/client/v3/login",
+    "//evil.example/_matrix/client/v3/login",
+    "http://evil.example/_matrix/client/v3/login",
+    "/_matrix/client/v3/login#@evil.example",
+)
+
+
+@pytest.mark.parametrize("target", ATTACKS)
+def test_upstream_url_never_leaves_the_configured_homeserver(target: str) -> None:
+    with pytest.raises(MatrixError) as refused:
+        Upstream(HOMESERVER, read_timeout=60).url_for(target)
+    assert (refused.value.status, refused.value.errcode) == (400, "M_UNRECOGNIZED")
+    assert target_problem(target) is not None
+
+
+@pytest.mark.parametrize(
+    ("base", "target", "expected"),
+    [
+        (HOMESERVER, "/_matrix/client/v3/sync?since=s1%202&filter=%7B%7D&&x",
+         "https://matrix.example.com/_matrix/client/v3/sync?since=s1%202&filter=%7B%7D&&x"),
+        ("http://127.0.0.1:8008/", "/_matrix/client/versions",
+         "http://127.0.0.1:8008/_matrix/client/versions"),
+        ("https://example.org/matrix", "/_matrix/media/v3/download/a/b%2Fc",
+         "https://example.org/matrix/_matrix/media/v3/download/a/b%2Fc"),
+        ("http://[::1]:8008", "/_matrix/client/v3/rooms/!r%3Ax/state/",
+         "http://[::1]:8008/_matrix/client/v3/rooms/!r%3Ax/state/"),
+    ],
+)
+def test_upstream_url_keeps_path_and_query_byte_for_byte(
+    base: str, target: str, expected: str
+) -> None:
+    assert str(Upstream(base, read_timeout=60).url_for(target)) == expected
