@@ -7,10 +7,11 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from yarl import URL
 
 from e2eproxy.errors import E2EProxyError, MatrixError, StoreLocked, UpstreamError
 from e2eproxy.proxy.keys import SERVER
-from e2eproxy.proxy.targets import target_problem
+from e2eproxy.proxy.targets import merged_slashes, target_problem
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("e2eproxy.requests")
@@ -57,11 +58,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def target_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse a request target that is not a plain path before anything classifies or forwards
     it: `POST pany://x/_matrix/client/v3/login` is routed as a login, and forwarded as it came
-    it would have gone to another host."""
+    it would have gone to another host. So are dot segments, and a path that a slash-merging hop
+    would route to another handler (`/rooms/!r//send/...` is no send here, but one there)."""
     problem = target_problem(request.raw_path)
+    if problem is None and await _routed_elsewhere_when_merged(request):
+        problem = "empty path segments that would change which endpoint this is"
     if problem is not None:
         return matrix_error(400, "M_UNRECOGNIZED", f"e2eproxy: {problem}")
     return await handler(request)
+
+
+async def _routed_elsewhere_when_merged(request: web.Request) -> bool:
+    merged = merged_slashes(request.path)
+    if merged == request.path:
+        return False
+    clone = request.clone(rel_url=URL.build(path=merged, query_string=request.query_string))
+    match = await request.app.router.resolve(clone)
+    return match.handler is not request.match_info.handler
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:

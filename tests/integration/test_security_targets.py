@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from tests.integration.conftest import StartE2EEProxy
+from tests.support.plain_client import login_all
 from tests.support.raw_http import raw_request
 from tests.support.stub_homeserver import StubHomeserver, running_stub
 
 LOGIN = "/_matrix/client/v3/login"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as http:
+        yield http
 
 
 @pytest.fixture
@@ -59,3 +68,38 @@ async def test_absolute_form_targets_are_refused_and_reach_no_server(
     assert answer.status == 200, answer
     assert answer.json["user_id"] == "@alice:stub.test"
 
+
+async def test_dot_segments_and_merged_slashes_cannot_hide_a_send_or_an_upload(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """A path-normalising hop before the homeserver (nginx with a URI in proxy_pass resolves
+    dot segments, decodes and merges slashes) would turn these into a send or an upload the
+    proxy never saw as one: refused, nothing forwarded."""
+    proxy = await start_e2ee_proxy()
+    (alice,) = await login_all(session, proxy.url, stub, "alice")
+    room = quote(await alice.create_encrypted_room(), safe="")
+    rooms = "/_matrix/client/v3/rooms"
+    headers = {"Authorization": f"Bearer {alice.access_token}", "Content-Type": "text/plain"}
+    secret = json.dumps({"msgtype": "m.text", "body": "plaintext for the server"}).encode()
+    before = len(stub.requests)
+    for method, target in (
+        ("PUT", f"{rooms}/{room}/x/../send/m.room.message/t1"),
+        ("PUT", f"{rooms}/{room}/x/%2e%2E/send/m.room.message/t2"),
+        ("PUT", f"{rooms}/{room}/./send/m.room.message/t3"),
+        ("PUT", f"{rooms}/{room}//send/m.room.message/t4"),
+        ("PUT", f"{rooms}/{room}/%2Fsend/m.room.message/t5"),
+        ("POST", "/_matrix/client/v3/x/../../media/v3/upload"),
+    ):
+        answer = await raw_request(proxy.url, f"{method} {target} HTTP/1.1", headers, secret)
+        assert (answer.status, answer.errcode) == (400, "M_UNRECOGNIZED"), (target, answer)
+    assert stub.requests[before:] == []
+
+    # An encoded slash inside a segment is no new segment: a bridge's state key keeps working.
+    state_key = quote("fi.mau.example://network/123", safe="")
+    answer = await raw_request(
+        proxy.url,
+        f"PUT {rooms}/{room}/state/m.bridge/{state_key} HTTP/1.1",
+        {**headers, "Content-Type": "application/json"},
+        b'{"bridgebot": "@bot:stub.test"}',
+    )
+    assert answer.status == 200, answer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from e2eproxy.errors import MatrixError
-from e2eproxy.proxy.targets import target_problem
+from e2eproxy.proxy.targets import path_problem, target_problem
 from e2eproxy.proxy.upstream import Upstream
 
 HOMESERVER = "https://matrix.example.com"
@@ -46,3 +46,31 @@ def test_upstream_url_keeps_path_and_query_byte_for_byte(
     base: str, target: str, expected: str
 ) -> None:
     assert str(Upstream(base, read_timeout=60).url_for(target)) == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/rooms/!r/../../v3/rooms/!r/send/m.room.message/t",
+        "/_matrix/client/v3/rooms/!r/x/%2e%2E/send/m.room.message/t",
+        "/_matrix/client/v3/rooms/!r/./send/m.room.message/t",
+        "/_matrix/client/v3/rooms/!r%2F..%2F!r/send/m.room.message/t",
+        "/_matrix/client/v3/x/../../media/v3/upload",
+    ],
+)
+def test_dot_segments_raw_or_encoded_are_refused(path: str) -> None:
+    assert path_problem(path) is not None
+    assert target_problem(path + "?access_token=x") is not None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/rooms/!r/state/m.room.avatar/",
+        "/_matrix/client/v3/rooms/!r/state/m.bridge/fi.mau.x%3A%2F%2Fnet%2F1",
+        "/_matrix/client/v3/rooms/!r/event/$a.b..c",
+        "/_matrix/media/v3/download/example.org/abc...",
+    ],
+)
+def test_ordinary_paths_pass(path: str) -> None:
+    assert target_problem(path) is None
