@@ -21,6 +21,8 @@ import platformdirs
 from e2eproxy.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8009"
+DEFAULT_MAX_JSON_BODY = 1024 * 1024
+DEFAULT_MAX_UPLOAD_SIZE = 512 * 1024 * 1024
 PASSPHRASE_ENV = "E2EPROXY_STORE_PASSPHRASE"
 SYSTEMD_CREDENTIAL = "store-passphrase"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -56,6 +58,10 @@ class ServerConfig:
     # The homeserver's server name (what follows ":" in its user IDs): a user of another server
     # never gets keys here. None: learned from the first login the homeserver confirms.
     server_name: str | None = None
+    # Bytes of a request body the proxy reads whole (an event, createRoom, login...).
+    max_json_body: int = DEFAULT_MAX_JSON_BODY
+    # Bytes of an upload held in the data dir (the server's own m.upload.size applies too).
+    max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE
 
     @property
     def advertised_url(self) -> str:
@@ -207,6 +213,12 @@ class _Table:
             raise ConfigError(f"{self.source}: {self.key(name)}: must be positive, got {value}")
         return value
 
+    def positive_int(self, name: str, default: int) -> int:
+        value: int = self.get(name, int, default)
+        if value <= 0:
+            raise ConfigError(f"{self.source}: {self.key(name)}: must be positive, got {value}")
+        return value
+
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
         if unknown:
@@ -230,6 +242,8 @@ def _server(name: str, data: Any, source: str) -> ServerConfig:
         cors_origins=tuple(origins),
         upstream_timeout=table.positive("upstream_timeout", 60.0),
         server_name=_server_name(table.get("server_name", str, None), table),
+        max_json_body=table.positive_int("max_json_body", DEFAULT_MAX_JSON_BODY),
+        max_upload_size=table.positive_int("max_upload_size", DEFAULT_MAX_UPLOAD_SIZE),
     )
     table.finish()
     return server

@@ -25,8 +25,6 @@ from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import Store, open_store
 from e2eproxy.store.records import SystemClock
 
-# Matrix media can be large; the pass-through streams it, so no body size limit of our own.
-CLIENT_MAX_SIZE = 0
 STRATEGIES = {
     "all": SharingStrategy.ALL_EXCEPT_BLACKLISTED,
     "verified": SharingStrategy.ONLY_VERIFIED,
@@ -44,8 +42,15 @@ def create_app(
     configuration describes."""
     app = web.Application(
         middlewares=[request_log_middleware, errors_middleware, target_guard_middleware],
-        client_max_size=CLIENT_MAX_SIZE,
-        handler_args={"max_field_size": 64 * 1024, "max_line_size": 64 * 1024},
+        # Bodies the proxy reads whole are bounded; the ones it passes on stream, as sent.
+        client_max_size=server.max_json_body,
+        # Never inflate a request body: a few kB of gzip can become gigabytes. Passed on, it
+        # goes compressed as the client sent it; the handlers that read one refuse it.
+        handler_args={
+            "max_field_size": 64 * 1024,
+            "max_line_size": 64 * 1024,
+            "auto_decompress": False,
+        },
     )
     app[CONFIG] = config
     app[SERVER] = server

@@ -43,6 +43,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except E2EProxyError as exc:
         log.error("%s %s: %s", request.method, loggable_path(request), exc)
         return matrix_error(500, "M_UNKNOWN", f"e2eproxy: {exc}")
+    except web.HTTPRequestEntityTooLarge as exc:  # a body over max_json_body
+        return matrix_error(413, "M_TOO_LARGE", f"e2eproxy: {exc.text}")
     except web.HTTPNotFound:
         return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
     except web.HTTPMethodNotAllowed:

@@ -52,21 +52,26 @@ async def raw_request(
     try:
         writer.write(head.encode("latin-1") + body)
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(), READ_DEADLINE_S)
+        return await asyncio.wait_for(_read_answer(reader), READ_DEADLINE_S)
     finally:
         writer.close()
-    return _parse(data)
 
 
-def _parse(data: bytes) -> RawAnswer:
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+async def _read_answer(reader: asyncio.StreamReader) -> RawAnswer:
+    """One answer, read as far as its own length says (a server may keep the connection open
+    a while, for instance to drain a request body it did not want)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     headers = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        body = _unchunk(body)
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        body = _unchunk(await reader.read())
+    else:
+        body = await reader.read()
     return RawAnswer(int(status_line.split()[1]), headers, body)
 
 

@@ -92,6 +92,32 @@ def respond(answer: Answer, data: Any = None) -> web.Response:
     )
 
 
+def refuse_encoded_body(request: web.Request) -> None:
+    """The proxy never inflates a request body (a few kB of gzip can inflate to gigabytes):
+    the endpoints whose bodies it reads take them uncompressed only."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise MatrixError(
+            415, "M_UNRECOGNIZED", "e2eproxy does not accept a compressed request body here"
+        )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body of a request the proxy must read: uncompressed, and at most the
+    configured `max_json_body` (aiohttp's client_max_size; beyond it, 413 M_TOO_LARGE)."""
+    refuse_encoded_body(request)
+    return await request.read()
+
+
+def require_token(request: web.Request) -> str:
+    """Refused before any of its body is read: the endpoints that call this need a token, and
+    the proxy cannot tell whose request it would be handling without one."""
+    token = token_of(request)
+    if token is None:
+        raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+    return token
+
+
 async def token_info(request: web.Request) -> TokenInfo | None:
     return await request.app[REGISTRY].for_request(request)
 

@@ -23,13 +23,13 @@ from e2eproxy.protocol.attachments import (
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.accounts import token_of
 from e2eproxy.proxy.engine_io import call
-from e2eproxy.proxy.handlers.common import server_error, token_info
+from e2eproxy.proxy.handlers.common import refuse_encoded_body, server_error, token_info
 from e2eproxy.proxy.handlers.passthrough import passthrough
+from e2eproxy.proxy.handlers.upload_limits import check_size, upload_limit, within
 from e2eproxy.proxy.keys import MEDIA, UPSTREAM
 from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
 
 UPLOAD_ATTEMPTS = 3
-UPLOAD_LIMIT_TTL_S = 3600.0
 COPY_WAIT_MS = 1_000
 INLINE_TYPES = ("image/", "video/", "audio/", "text/plain")
 # As the homeserver does for media: nothing served here may run as a page.
@@ -55,50 +55,12 @@ async def _reserve(request: web.Request, account: Account) -> tuple[str, bool]:
     return f"mxc://{server_name}/e2eproxy_{secrets.token_hex(12)}", True
 
 
-async def _upload_limit(request: web.Request, account: Account) -> int | None:
-    """The server's `m.upload.size`, asked once an hour; None when it names none."""
-    media = request.app[MEDIA].of(account)
-    if time.monotonic() - media.upload_limit_at < UPLOAD_LIMIT_TTL_S:
-        return media.upload_limit
-    limit = None
-    for path in ("/_matrix/client/v1/media/config", "/_matrix/media/v3/config"):
-        status, body = await call(request.app[UPSTREAM], account, "GET", path, attempts=1)
-        if status == 200 and isinstance(body, dict):
-            size = body.get("m.upload.size")
-            limit = size if isinstance(size, int) and size > 0 else None
-            break
-    media.upload_limit, media.upload_limit_at = limit, time.monotonic()
-    return limit
-
-
-def _too_large(limit: int) -> MatrixError:
-    return MatrixError(413, "M_TOO_LARGE", f"Cannot upload files larger than {limit} bytes")
-
-
-async def _within(stream: AsyncIterator[bytes], limit: int | None) -> AsyncIterator[bytes]:
-    size = 0
-    async for chunk in stream:
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise _too_large(limit)  # the spool file is removed; nothing was reserved in vain
-        yield chunk
-
-
-async def _check_size(request: web.Request, account: Account) -> int | None:
-    """A held upload is only sent at send time: refuse one the server would refuse then, now,
-    as the server itself would (413 M_TOO_LARGE)."""
-    limit = await _upload_limit(request, account)
-    length = request.content_length
-    if limit is not None and length is not None and length > limit:
-        raise _too_large(limit)
-    return limit
-
-
 async def upload(request: web.Request) -> web.StreamResponse:
     info = await token_info(request)
     if info is None or info.account is None:
         return await passthrough(request)
-    limit = await _check_size(request, info.account)
+    refuse_encoded_body(request)
+    limit = await check_size(request, info.account)
     mxc = await _hold(request, info.account, None, limit)
     return web.json_response({"content_uri": mxc})
 
@@ -128,22 +90,21 @@ async def upload_to(request: web.Request) -> web.StreamResponse:
     info = await token_info(request)
     if info is None or info.account is None:
         return await passthrough(request)
+    refuse_encoded_body(request)
     mxc = f"mxc://{request.match_info['server']}/{request.match_info['media_id']}"
     media = request.app[MEDIA].of(info.account)
     if await media.get_pending(mxc) is not None or await media.known(mxc) is not None:
         raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media ID already has content")
-    limit = await _check_size(request, info.account)
+    limit = await check_size(request, info.account)
     await _hold(request, info.account, mxc, limit)
     return web.json_response({})
 
 
-async def _hold(
-    request: web.Request, account: Account, mxc: str | None, limit: int | None
-) -> str:
+async def _hold(request: web.Request, account: Account, mxc: str | None, limit: int) -> str:
     """Spool the request's body and remember it as a pending upload under `mxc`, or under a
     media id reserved now (after the body arrived whole and within the limit)."""
     service = request.app[MEDIA]
-    stream = _within(request.content.iter_chunked(CHUNK), limit)
+    stream = within(request.content.iter_chunked(CHUNK), limit)
     name, key, size = await service.spool.write(stream)
     placeholder = False
     if mxc is None:
@@ -336,11 +297,11 @@ async def copy_encrypted(request: web.Request, account: Account, mxc: str) -> Kn
     unencrypted room), for an encrypted room: the event then names only the copy, so the server
     cannot tell which file the encrypted message carries."""
     service = request.app[MEDIA]
-    limit = await _upload_limit(request, account)
+    limit = await upload_limit(request, account)
     # A reserved id with no content yet (an upload that expired here, say) is not waited for.
     async with _download(request, mxc, wait_ms=COPY_WAIT_MS) as response:
         content_type = response.headers.get("Content-Type", "application/octet-stream")
-        stream = _within(response.content.iter_chunked(CHUNK), limit)
+        stream = within(response.content.iter_chunked(CHUNK), limit)
         name, key, size = await service.spool.write(stream)
     try:
         reserved, placeholder = await _reserve(request, account)

@@ -21,7 +21,9 @@ from e2eproxy.proxy.accounts import TokenInfo, token_of
 from e2eproxy.proxy.engine_io import call, share_room_key
 from e2eproxy.proxy.handlers.common import (
     forward_for_json,
+    read_body,
     refuse,
+    require_token,
     respond,
     server_error,
     token_info,
@@ -169,7 +171,7 @@ async def send(request: web.Request) -> web.StreamResponse:
     if info is None or event_type == "m.room.encrypted":
         # No token: the server refuses it. Already encrypted: the client did it itself.
         return await passthrough(request)
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         content = json.loads(raw)
     except ValueError:
@@ -222,7 +224,8 @@ async def _send_without_keys(
 
 async def create_room(request: web.Request) -> web.StreamResponse:
     """Learn at once that a new room is encrypted, and query the invitees' devices early."""
-    raw = await request.read()
+    require_token(request)
+    raw = await read_body(request)
     info = await token_info(request)
     if info is not None and info.account is not None and raw:
         try:
@@ -284,8 +287,9 @@ async def membership(request: web.Request) -> web.StreamResponse:
 
 async def publish_then_forward(request: web.Request) -> web.StreamResponse:
     """State events and profile changes: uploads they name go up in plaintext first."""
+    require_token(request)
     info = await token_info(request)
-    raw = await request.read()
+    raw = await read_body(request)
     if info is None or info.account is None or not raw:
         return respond(await forward_for_json(request, body=raw))
     try:

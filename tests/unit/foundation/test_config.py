@@ -94,6 +94,14 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             '[servers.a]\nhomeserver = "https://x"\nserver_name = "@evil/x"',
             "servers.a.server_name: expected a Matrix server name",
         ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\nmax_json_body = 0',
+            "servers.a.max_json_body: must be positive",
+        ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\nmax_upload_size = 1.5',
+            "servers.a.max_upload_size: expected int, got float",
+        ),
         ('homeserver = "https://x"', "homeserver: unknown key"),
         ("", "servers: no [servers.NAME] table"),
         ("[servers.a\n", "not valid TOML"),
