@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from e2eproxy import __version__
-from e2eproxy.config import Config, load_config, store_only_config, with_overrides
+from e2eproxy.config import (
+    Config,
+    load_config,
+    mask_url,
+    store_only_config,
+    with_overrides,
+)
 from e2eproxy.errors import E2EProxyError
 from e2eproxy.keys_cli import add_keys_parser, run_keys
 from e2eproxy.log import setup_logging
@@ -49,6 +55,8 @@ def _effective(config: Config) -> dict[str, Any]:
         server["listen"] = f"{server['listen']['host']}:{server['listen']['port']}"
     passphrase = config.store_passphrase()
     data["store"]["passphrase"] = "<set>" if passphrase else "<not set>"
+    if config.store.url is not None:
+        data["store"]["url"] = mask_url(config.store.url)
     plain: dict[str, Any] = json.loads(json.dumps(data, default=str))
     return plain
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
@@ -29,6 +29,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SHARE_STRATEGIES = ("all", "verified")
 UNDECRYPTABLE_MODES = ("notice", "raw")
 PLAINTEXT_FILE_MODES = ("refuse", "copy")
+STORE_URL_SCHEMES = ("postgresql", "postgres")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 # The spec's server name grammar: a DNS name, IPv4 or [IPv6] address, and an optional port.
 SERVER_NAME = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
@@ -75,6 +77,9 @@ class StoreConfig:
     # A file holding the store passphrase. Looked up in order: E2EPROXY_STORE_PASSPHRASE, this
     # file, then the systemd credential "store-passphrase".
     passphrase_file: Path | None = None
+    # A PostgreSQL URL ("postgresql://..."): keep the store there instead of SQLite in data_dir.
+    # Not in repr: it may carry a password.
+    url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,34 @@ def parse_listen(value: str, key: str, source: str = "<flag>") -> ListenAddress:
                 f"{source}: {key}: {host!r} is not an IP address (or 'localhost')"
             ) from None
     return ListenAddress(host, port)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (user:PASSWORD@ or ?password=) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "<unparsable URL>"
+    if has_password:  # the netloc is not empty, so this round trip keeps the URL's form
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def check_store_url(value: str, key: str, source: str) -> str:
+    """A PostgreSQL connection URL; the error never shows its password."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{source}: {key}: not a valid URL: {mask_url(value)!r}") from None
+    if parts.scheme not in STORE_URL_SCHEMES:
+        raise ConfigError(f"{source}: {key}: expected a postgresql:// URL, got {mask_url(value)!r}")
+    if parts.fragment:
+        raise ConfigError(f"{source}: {key}: URL must not have a fragment: {mask_url(value)!r}")
+    return value
 
 
 def check_url(value: str, key: str, source: str) -> str:
@@ -263,10 +296,12 @@ def _store(data: Any, source: str, base: Path) -> StoreConfig:
     defaults = StoreConfig()
     data_dir = table.get("data_dir", str, None)
     passphrase_file = table.get("passphrase_file", str, None)
+    url = table.get("url", str, None)
     store = StoreConfig(
         data_dir=(base / Path(data_dir).expanduser()) if data_dir else defaults.data_dir,
         use_keyring=table.get("use_keyring", bool, True),
         passphrase_file=(base / Path(passphrase_file).expanduser()) if passphrase_file else None,
+        url=None if url is None else check_store_url(url, table.key("url"), source),
     )
     table.finish()
     return store
