@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.support.stub_homeserver import StubHomeserver
 
 from .conftest import Api, Login
@@ -65,6 +67,26 @@ async def test_access_token_query_parameter(login: Login, anon: Api) -> None:
     assert alice.token is not None
     result = await anon.ok("GET", "/account/whoami", params={"access_token": alice.token})
     assert result["user_id"] == alice.user_id
+
+
+async def test_access_token_as_synapse_reads_it(login: Login, anon: Api) -> None:
+    """From a form-encoded POST body too (over the query's), never header and argument both."""
+    alice, bob = await login("alice"), await login("bob")
+    assert alice.token is not None and bob.token is not None
+    room = await alice.ok("POST", "/createRoom", {})
+    body = json.dumps({"msgtype": "m.text", "body": "hi", "x": f"&access_token={bob.token}&"})
+    await alice.ok("POST", f"/rooms/{room['room_id']}/invite", {"user_id": bob.user_id})
+    await bob.ok("POST", f"/rooms/{room['room_id']}/join", {})
+    status, sent = await anon.call(
+        "POST", f"/rooms/{room['room_id']}/send/m.room.message",
+        params={"access_token": alice.token}, data=body.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 200, sent
+    status, event = await alice.call("GET", f"/rooms/{room['room_id']}/event/{sent['event_id']}")
+    assert event["sender"] == bob.user_id
+    status, mixed = await alice.call("GET", "/account/whoami", params={"access_token": "x"})
+    assert (status, mixed["errcode"]) == (401, "M_MISSING_TOKEN")
 
 
 async def test_logout_invalidates_token_and_device(login: Login, stub: StubHomeserver) -> None:

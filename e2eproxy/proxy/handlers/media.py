@@ -23,10 +23,16 @@ from e2eproxy.protocol.attachments import (
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.accounts import token_of
 from e2eproxy.proxy.engine_io import call
-from e2eproxy.proxy.handlers.common import refuse_encoded_body, server_error, token_info
+from e2eproxy.proxy.handlers.common import (
+    refuse,
+    refuse_encoded_body,
+    require_token,
+    server_error,
+    token_info,
+)
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.handlers.upload_limits import check_size, upload_limit, within
-from e2eproxy.proxy.keys import MEDIA, UPSTREAM
+from e2eproxy.proxy.keys import MEDIA, REGISTRY, UPSTREAM
 from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
 
 UPLOAD_ATTEMPTS = 3
@@ -55,13 +61,20 @@ async def _reserve(request: web.Request, account: Account) -> tuple[str, bool]:
     return f"mxc://{server_name}/e2eproxy_{secrets.token_hex(12)}", True
 
 
-async def upload(request: web.Request) -> web.StreamResponse:
-    info = await token_info(request)
-    if info is None or info.account is None:
-        return await passthrough(request)
+async def _uploader(request: web.Request) -> Account:
+    """The account an upload is held for. Without one it is refused, never passed on: the file
+    would be on the server in plaintext before any event says which room it is for."""
+    info = await request.app[REGISTRY].resolve(require_token(request))
+    if info.account is None:
+        raise refuse(info)
     refuse_encoded_body(request)
-    limit = await check_size(request, info.account)
-    mxc = await _hold(request, info.account, None, limit)
+    return info.account
+
+
+async def upload(request: web.Request) -> web.StreamResponse:
+    account = await _uploader(request)
+    limit = await check_size(request, account)
+    mxc = await _hold(request, account, None, limit)
     return web.json_response({"content_uri": mxc})
 
 
@@ -87,16 +100,13 @@ async def upload_to(request: web.Request) -> web.StreamResponse:
     """PUT /upload/{server}/{media_id}: the client's own asynchronous upload, into an id it
     reserved with /create. Held like any upload: the server gets it, encrypted or not, once an
     event says where it goes."""
-    info = await token_info(request)
-    if info is None or info.account is None:
-        return await passthrough(request)
-    refuse_encoded_body(request)
+    account = await _uploader(request)
     mxc = f"mxc://{request.match_info['server']}/{request.match_info['media_id']}"
-    media = request.app[MEDIA].of(info.account)
+    media = request.app[MEDIA].of(account)
     if await media.get_pending(mxc) is not None or await media.known(mxc) is not None:
         raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media ID already has content")
-    limit = await check_size(request, info.account)
-    await _hold(request, info.account, mxc, limit)
+    limit = await check_size(request, account)
+    await _hold(request, account, mxc, limit)
     return web.json_response({})
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
 
@@ -36,6 +36,7 @@ from e2eproxy.proxy.upstream import Upstream
 log = logging.getLogger(__name__)
 
 V3 = "/_matrix/client/v3"
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def _no_such_state(status: int, body: Any) -> bool:
@@ -136,8 +137,11 @@ async def _send_encrypted(
 ) -> web.Response:
     upstream = request.app[UPSTREAM]
     path = f"{V3}/rooms/{quote(room_id, safe='')}/send/m.room.encrypted/{quote(txn, safe='')}"
-    if request.query_string:  # e.g. a delayed event (MSC4140) or an appservice's `ts`
-        path += f"?{request.query_string}"
+    # Kept: e.g. a delayed event (MSC4140) or an appservice's `ts`; not a token in the query,
+    # since ours goes in the header (and the homeserver refuses both at once).
+    query = [(k, v) for k, v in parse_qsl(request.query_string, True) if k != "access_token"]
+    if query:
+        path += f"?{urlencode(query)}"
     status, body = await call(upstream, account, "PUT", path, encrypted)
     if not isinstance(body, dict):  # an HTML error page, a cut answer: never a bare `null`
         raise server_error(status, body, "The homeserver gave no answer to the send")
@@ -167,10 +171,14 @@ async def send(request: web.Request) -> web.StreamResponse:
     # POST .../send/{type} has no txn id: one of ours keeps the encrypted path idempotent
     # within this request (the client cannot retry it safely anyway).
     txn = request.match_info.get("txn") or f"e2eproxy-{uuid.uuid4().hex}"
+    # Never forwarded as it came without a token we can see: the homeserver also takes one
+    # from a form-encoded body (which can be JSON as well), for an account we would not know.
+    require_token(request)
+    if request.content_type in FORM_TYPES:
+        raise MatrixError(400, "M_NOT_JSON", "A room event is JSON, not a form")
     info = await token_info(request)
     if info is None or event_type == "m.room.encrypted":
-        # No token: the server refuses it. Already encrypted: the client did it itself.
-        return await passthrough(request)
+        return await passthrough(request)  # already encrypted: the client did it itself
     raw = await read_body(request)
     try:
         content = json.loads(raw)

@@ -8,17 +8,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
 from . import account_data, auth, keys, media, room_keys, room_reads, rooms, sync, to_device
-from .common import STUB_KEY, Handler, stub_of
+from .common import FORM_TOKEN, STUB_KEY, Handler, stub_of
 from .errors import UNRECOGNIZED, MatrixError, error_response
 from .server import RecordedRequest, StubHomeserver
 
 log = logging.getLogger(__name__)
 MEDIA_PATHS = ("/_matrix/media/", "/_matrix/client/v1/media/")
 MAX_JSON_BODY = 100 * 1024 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 @web.middleware
@@ -34,6 +36,17 @@ async def record_request(request: web.Request, handler: Handler) -> web.StreamRe
         method=request.method, path=request.path, raw_path=request.raw_path,
         query=dict(request.query), headers=dict(request.headers), json=body,
     ))
+    return await handler(request)
+
+
+@web.middleware
+async def form_arguments(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Twisted parses a form-encoded POST body into the request args, where Synapse finds an
+    `access_token` (a body can be JSON and a form at once)."""
+    if request.method == "POST" and request.content_type == FORM_TYPE:
+        form = parse_qs((await request.read()).decode("latin-1"))
+        if form.get("access_token"):
+            request[FORM_TOKEN] = form["access_token"][0]
     return await handler(request)
 
 
@@ -82,7 +95,7 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def create_stub_app(stub: StubHomeserver | None = None) -> web.Application:
     """Build the stub homeserver app; the state is ``app[STUB_KEY]``."""
     app = web.Application(
-        middlewares=[record_request, inject_faults, matrix_errors],
+        middlewares=[record_request, form_arguments, inject_faults, matrix_errors],
         client_max_size=MAX_JSON_BODY,
     )
     app[STUB_KEY] = stub or StubHomeserver()

@@ -23,14 +23,27 @@ def stub_of(request: web.Request) -> StubHomeserver:
     return request.app[STUB_KEY]
 
 
+# Set by the app's middleware: the access_token of a form-encoded POST body.
+FORM_TOKEN = web.RequestKey("form_access_token", str)
+
+
 def access_token_of(request: web.Request) -> str | None:
+    """As Synapse reads it: the Authorization header, or else the `access_token` request arg,
+    which (Twisted) a form-encoded POST body sets too, over the query's; both at once are
+    refused."""
+    argument = request.get(FORM_TOKEN) or request.query.get("access_token")
     header = request.headers.get("Authorization")
     if header is not None:
+        if argument is not None:
+            raise MatrixError(
+                401, "M_MISSING_TOKEN",
+                "Mixing Authorization headers and access_token query parameters.",
+            )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header.")
         return token.strip()
-    return request.query.get("access_token")
+    return argument
 
 
 def session_of(request: web.Request) -> Session:

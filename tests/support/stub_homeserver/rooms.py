@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 
 from aiohttp import web
@@ -90,7 +91,8 @@ async def send(request: web.Request) -> web.Response:
     content = await json_body(request)
     stub = stub_of(request)
     room = stub.room(request.match_info["room_id"])
-    txn_id = request.match_info["txn_id"]
+    # POST .../send/{eventType} (Synapse has it) comes without a txn id: a fresh one.
+    txn_id = request.match_info.get("txn_id") or secrets.token_hex(8)
 
     def produce() -> JsonDict:
         stored = stub.room_ops.send(
@@ -145,5 +147,6 @@ def routes() -> list[web.RouteDef]:
         ("GET", state, get_state_event),
         ("GET", state + "/{state_key:.*}", get_state_event),
         ("PUT", "/rooms/{room_id}/send/{event_type}/{txn_id}", send),
+        ("POST", "/rooms/{room_id}/send/{event_type}", send),
         ("PUT", "/rooms/{room_id}/redact/{event_id}/{txn_id}", redact),
     ])
