@@ -432,3 +432,20 @@ def test_upload_refuses_bad_exports() -> None:
 def test_a_low_order_public_key_is_refused() -> None:
     with pytest.raises(MalformedBackupData):
         BackupEncryptionKey(b64encode(bytes(32))).encrypt_session_data({"a": 1})
+
+
+def test_restored_entries_are_what_the_key_export_importer_takes(
+    js_key: BackupDecryptionKey,
+) -> None:
+    from e2eproxy.store.room_keys import parse_sessions
+
+    session_id = str(JS_MEGOLM_SESSION_DATA["session_id"])
+    restored = restore_session(js_key, "!room:id", session_id, JS_KEY_BACKUP_DATA)
+    [record] = parse_sessions([restored])
+    assert (record.room_id, record.session_id, record.first_known_index) == (
+        "!room:id",
+        session_id,
+        0,
+    )
+    assert record.signing_key == "Bhbpt6hqMZlSH4sJV7xiEEEiPVeTWz4Vkujl1EMdIPI"
+    assert record.shared_history and record.imported
