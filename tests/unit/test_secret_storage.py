@@ -269,7 +269,8 @@ def test_output_is_unpadded_and_padded_input_is_read(key: SecretStorageKey) -> N
 def test_account_data_lookups(key: SecretStorageKey) -> None:
     with pytest.raises(NotEncryptedForKey):
         read_secret(key, CROSS_SIGNING_MASTER, {"encrypted": {"other": MASTER_SECRET}})
-    for content in ({}, {"encrypted": []}, None, "x"):
+    junk: list[Any] = [{}, {"encrypted": []}, None, "x"]
+    for content in junk:
         with pytest.raises(MalformedSecretStorage):
             read_secret(key, CROSS_SIGNING_MASTER, content)
     with pytest.raises(MalformedSecretStorage):
@@ -319,7 +320,8 @@ def test_explicit_256_bits_is_accepted() -> None:
 def test_default_key_helpers() -> None:
     assert default_key_content("abc") == {"key": "abc"}
     assert default_key_id({"key": "abc"}) == "abc"
-    for content in ({}, {"key": ""}, {"key": 5}, None, []):
+    unset: list[Any] = [{}, {"key": ""}, {"key": 5}, None, []]
+    for content in unset:
         assert default_key_id(content) is None
 
 
