@@ -4,17 +4,26 @@ for an encrypted room and plain for anything else, and the event is rewritten to
 from __future__ import annotations
 
 import copy
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from e2eproxy.errors import MatrixError
+from e2eproxy.protocol.media_fields import MediaField, fields_of, media_uris, with_plain_media
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.handlers.media import copy_encrypted, copy_plain, publish
 from e2eproxy.proxy.keys import CONFIG, MEDIA
 from e2eproxy.proxy.media import KnownMedia
 
+DECRYPTED_FILE = (
+    "This file came from an encrypted room: e2eproxy publishes a plaintext copy of it only into "
+    "a room known to be unencrypted, never into a state event of an encrypted room, a new "
+    "room or a profile. Nothing was sent."
+)
+# Asked before a decrypted file is published in plaintext: is the target room unencrypted?
+PlainRoom = Callable[[], Awaitable[bool]]
 PLAINTEXT_FILE = (
     "This file is on the server unencrypted (it was not uploaded through e2eproxy, or it was "
     "already used outside an encrypted room), so it cannot go into an encrypted room. Upload it "
@@ -95,60 +104,54 @@ async def encrypt_references(
     return content
 
 
-async def publish_plain_references(request: web.Request, account: Account, data: Any) -> Any:
-    """Anything that is not an encrypted room event (plain rooms, state, avatars): held uploads
-    it names go up in plaintext, once, so the server's thumbnails work for them; an encrypted
-    file it names (a decrypted event passed on) goes up as a plaintext copy, since readers
-    there may have no key, and its `file` / `thumbnail_file` (the key) are left out."""
+async def publish_plain_references(
+    request: web.Request,
+    account: Account,
+    content: Any,
+    fields: tuple[MediaField, ...],
+    plain_room: PlainRoom | None,
+) -> Any:
+    """Content for anything but an encrypted room event (a plain room, state, an avatar): the
+    held uploads its media `fields` name go up in plaintext, once, so the server's thumbnails
+    work for them; an encrypted file this account decrypted goes up as a plaintext copy, but
+    only into a room that `plain_room` says is unencrypted (never with None), since its bytes
+    came from an encrypted room. Only those fields are rewritten."""
     media = request.app[MEDIA].of(account)
-    pending = await media.pending()
     replaced: dict[str, str] = {}
-    for mxc in dict.fromkeys(_strings(data)):
-        if mxc in pending:
-            final = await publish(request, account, pending[mxc], encrypted=False)
+    for mxc in media_uris(content, fields):
+        pending = await media.get_pending(mxc)
+        if pending is not None:
+            final = await publish(request, account, pending, encrypted=False)
             await media.drop_pending(mxc)
         else:
             known = await media.known(mxc)
             if known is None:
                 continue  # on the server in plaintext already, or not ours to change
+            if plain_room is None or not await plain_room():
+                raise MatrixError(403, "M_FORBIDDEN", DECRYPTED_FILE)
             final = await copy_plain(request, account, known)
         if final != mxc:
             replaced[mxc] = final
-    if not replaced:
-        return data
-    return _without_keys(_substitute(data, replaced), set(replaced.values()))
+    return with_plain_media(content, fields, replaced) if replaced else content
 
 
-def _without_keys(data: Any, urls: set[str]) -> Any:
-    """Drop `file` / `thumbnail_file` objects that now point at a plaintext copy: their keys
-    have no business in a plaintext event (and would not decrypt it)."""
-    if isinstance(data, dict):
-        return {
-            k: _without_keys(v, urls) for k, v in data.items()
-            if not (
-                k in ("file", "thumbnail_file") and isinstance(v, dict) and v.get("url") in urls
-            )
-        }
-    if isinstance(data, list):
-        return [_without_keys(v, urls) for v in data]
-    return data
-
-
-def _strings(data: Any) -> list[str]:
-    if isinstance(data, str):
-        return [data] if data.startswith("mxc://") else []
-    if isinstance(data, dict):
-        return [s for value in data.values() for s in _strings(value)]
-    if isinstance(data, list):
-        return [s for value in data for s in _strings(value)]
-    return []
-
-
-def _substitute(data: Any, replaced: dict[str, str]) -> Any:
-    if isinstance(data, str):
-        return replaced.get(data, data)
-    if isinstance(data, dict):
-        return {k: _substitute(v, replaced) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_substitute(v, replaced) for v in data]
-    return data
+async def publish_initial_state(
+    request: web.Request, account: Account, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A createRoom body whose initial state names held uploads (an avatar): they go up in
+    plaintext. A decrypted file is refused: whether the new room ends up encrypted is the
+    server's to decide (its defaults may encrypt every new room)."""
+    states = spec.get("initial_state")
+    if not isinstance(states, list):
+        return spec
+    published = []
+    for state in states:
+        content = state.get("content") if isinstance(state, dict) else None
+        if isinstance(content, dict) and isinstance(state.get("type"), str):
+            fields = fields_of(state["type"])
+            plain = await publish_plain_references(request, account, content, fields, None)
+            state = state if plain is content else {**state, "content": plain}
+        published.append(state)
+    if all(new is old for new, old in zip(published, states, strict=True)):
+        return spec
+    return {**spec, "initial_state": published}

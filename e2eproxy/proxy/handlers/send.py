@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from aiohttp import web
 
 from e2eproxy.errors import LocalProtocolError, MatrixError
+from e2eproxy.protocol.media_fields import AVATAR_URL_FIELDS, fields_of
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.accounts import TokenInfo, token_of
 from e2eproxy.proxy.engine_io import call, share_room_key
@@ -30,7 +31,12 @@ from e2eproxy.proxy.handlers.common import (
 )
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
-from e2eproxy.proxy.media_refs import encrypt_references, publish_plain_references
+from e2eproxy.proxy.media_refs import (
+    PlainRoom,
+    encrypt_references,
+    publish_initial_state,
+    publish_plain_references,
+)
 from e2eproxy.proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,10 @@ async def room_members(upstream: Upstream, account: Account, room_id: str) -> li
     members = [str(m) for m in account.machine.room_members(room_id)]
     account.set_members(room_id, members)
     return members
+
+
+async def _known_plain() -> bool:
+    return True  # the caller has just heard the server say so
 
 
 def _encode(data: Any) -> bytes:
@@ -193,7 +203,9 @@ async def send(request: web.Request) -> web.StreamResponse:
     if not await room_is_encrypted(upstream, account, room_id):
         # Encryption is never switched off again, so a txn of ours can't be in a plain room;
         # the server's own txn dedup covers plain retries.
-        plain = await publish_plain_references(request, account, content)
+        plain = await publish_plain_references(
+            request, account, content, fields_of(event_type), _known_plain
+        )
         if plain is not content and account.machine.is_room_encrypted(room_id):
             # Publishing files took a while, and a sync meanwhile showed encryption switched on.
             raise MatrixError(
@@ -240,8 +252,8 @@ async def create_room(request: web.Request) -> web.StreamResponse:
             spec_in = json.loads(raw)
         except ValueError:
             spec_in = None
-        if spec_in is not None:
-            published = await publish_plain_references(request, info.account, spec_in)
+        if isinstance(spec_in, dict):
+            published = await publish_initial_state(request, info.account, spec_in)
             if published is not spec_in:
                 raw = _encode(published)
     answer = await forward_for_json(request, body=raw)
@@ -304,6 +316,16 @@ async def publish_then_forward(request: web.Request) -> web.StreamResponse:
         data = json.loads(raw)
     except ValueError:
         return respond(await forward_for_json(request, body=raw))
-    published = await publish_plain_references(request, info.account, data)
+    account = info.account
+    plain_room: PlainRoom | None = None
+    if "room" in request.match_info:  # a state event: its fields, its room
+        fields = fields_of(request.match_info["type"])
+        room_id = request.match_info["room"]
+
+        async def plain_room() -> bool:
+            return not await room_is_encrypted(request.app[UPSTREAM], account, room_id)
+    else:  # a profile field; the profile shows in every room, encrypted ones too
+        fields = AVATAR_URL_FIELDS if request.match_info.get("field") == "avatar_url" else ()
+    published = await publish_plain_references(request, account, data, fields, plain_room)
     body = raw if published is data else _encode(published)
     return respond(await forward_for_json(request, body=body))
