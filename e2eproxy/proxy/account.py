@@ -15,6 +15,9 @@ from e2eproxy.store import AccountKey, Store
 # A member list fetched from the server is trusted this long unless a membership event or a
 # membership request through the proxy makes it stale first.
 MEMBERS_TTL_S = 300.0
+# The store secret naming the homeserver an account belongs to: several homeservers may share
+# one store, and the same user ID on two of them is two accounts that share nothing.
+HOMESERVER_SECRET = "homeserver"
 
 
 @dataclass(eq=False)
@@ -29,6 +32,8 @@ class Account:
     machine: OlmMachine
     store: Store
     access_token: str
+    # The homeserver URL it belongs to (HOMESERVER_SECRET in the store).
+    homeserver: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     outgoing_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -18,7 +18,7 @@ from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.errors import MatrixError, StoreLocked, UpstreamError
-from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.proxy.worker import start_worker, stop_worker
 from e2eproxy.store import LEASE_MS, AccountKey, Store
@@ -31,14 +31,16 @@ TOKEN_SWEEP_AT = 1_024
 # A process that died holding a lease keeps it until it expires: wait that long, and a bit.
 LEASE_WAIT_MS = LEASE_MS + 2_000
 TOKEN_SECRET = "access_token"
-# Several homeservers may share one store; each registry restores only its own accounts.
-HOMESERVER_SECRET = "homeserver"
 FOREIGN_DEVICE = (
     "e2eproxy does not hold the encryption keys of this device (it was logged in without the "
     "proxy, and its keys on the server can never be replaced). Log in again through e2eproxy "
     "to use encrypted rooms."
 )
 NO_DEVICE = "This access token has no device, so e2eproxy cannot encrypt or decrypt for it."
+OTHER_HOMESERVER = (
+    "e2eproxy holds this user and device for another homeserver it serves; it holds no keys "
+    "for the same IDs here."
+)
 OTHER_SERVER = (
     "This user belongs to another server than the homeserver e2eproxy serves here, so e2eproxy "
     "holds no keys for it."
@@ -127,7 +129,10 @@ class AccountRegistry:
 
     def _activate(self, key: AccountKey, machine: OlmMachine, token: str) -> Account:
         machine.set_sharing_strategy(self.strategy)
-        account = Account(key=key, machine=machine, store=self.store, access_token=token)
+        account = Account(
+            key=key, machine=machine, store=self.store, access_token=token,
+            homeserver=self.homeserver,
+        )
         self.accounts[key] = account
         start_worker(self.upstream, account)
         return account
@@ -135,7 +140,10 @@ class AccountRegistry:
     async def _create(self, key: AccountKey, token: str) -> Account:
         await self.store.acquire_lease(key, wait_ms=LEASE_WAIT_MS)
         machine = OlmMachine(key.user_id, key.device_id, self.clock)
-        account = Account(key=key, machine=machine, store=self.store, access_token=token)
+        account = Account(
+            key=key, machine=machine, store=self.store, access_token=token,
+            homeserver=self.homeserver,
+        )
         # The identity is saved before its keys are uploaded: keys uploaded and then lost
         # would brick the device id for good.
         async with account.lock:
@@ -197,6 +205,13 @@ class AccountRegistry:
                 account.new_token(token)
                 await self.store.put_secret(key, TOKEN_SECRET, token)
             return account, None
+        if key in await self.store.list_accounts() and (
+            await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver
+        ):
+            # The same user and device ID of another homeserver: its keys are not these.
+            log.warning("Not holding keys for %s %s: the store holds them for another "
+                        "homeserver", key.user_id, key.device_id)
+            return None, OTHER_HOMESERVER
         account = await self._restore(key, token)
         if account is not None:
             return account, None

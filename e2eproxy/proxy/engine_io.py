@@ -14,7 +14,7 @@ from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason,
 from e2eproxy.errors import LocalProtocolError, MatrixError, UpstreamError
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
 from e2eproxy.protocol.rewrite import Slot, sync_room_parts
-from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.types import RoomId, SessionId
 
@@ -152,6 +152,9 @@ async def _copy_from_siblings(account: Account, missing: list[tuple[RoomId, Sess
         if key.user_id == account.user_id and key.device_id != account.device_id
     ]
     for sibling in siblings:
+        if await account.store.get_secret(sibling, HOMESERVER_SECRET) != account.homeserver:
+            continue  # the same user ID on another homeserver: someone else, maybe
+
         records, _ = await account.store.load_inbound_group_sessions(sibling, missing)
         if records:
             added = account.machine.add_sibling_sessions(records)

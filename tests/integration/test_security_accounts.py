@@ -3,18 +3,21 @@ homeserver itself says the token is that user's device, of its own server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from e2eproxy.config import EncryptionConfig
+from e2eproxy.proxy.account import HOMESERVER_SECRET
 from e2eproxy.proxy.accounts import AccountRegistry
 from e2eproxy.proxy.keys import REGISTRY
-from e2eproxy.store import AccountKey
+from e2eproxy.store import AccountKey, MemoryStore
 from e2eproxy.types import DeviceId, UserId
 from tests.integration.conftest import RunningProxy, StartE2EEProxy
-from tests.support.plain_client import PlainClient, login_all
-from tests.support.stub_homeserver import StubHomeserver
+from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
+from tests.support.stub_homeserver import StubHomeserver, running_stub
 
 LOGIN = r"/_matrix/client/v3/login$"
 
@@ -83,3 +86,49 @@ async def test_a_user_of_another_server_never_gets_keys(
     )
     assert registry.server_name == "stub.test"
     assert key_of(alice.user_id, alice.device_id) in registry.accounts
+
+
+@pytest.fixture
+async def second_homeserver() -> AsyncIterator[StubHomeserver]:
+    """Another homeserver claiming the same server name (a misconfiguration, or a lie)."""
+    async with running_stub(StubHomeserver("stub.test")) as served:
+        yield served
+
+
+async def test_the_same_user_id_on_two_homeservers_shares_nothing(
+    stub: StubHomeserver,
+    second_homeserver: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    """Two homeservers behind one proxy, one store: @alice on the second one is not @alice on
+    the first. She gets neither the first one's device (its keys) nor, for a new device, the
+    room keys its devices hold."""
+    shared = MemoryStore()
+    first = await start_e2ee_proxy(store=shared)
+    second = await start_e2ee_proxy(
+        store=shared, homeserver=second_homeserver.base_url,
+        encryption=EncryptionConfig(missing_key_wait=0),
+    )
+    alice, bob = await login_all(session, first.url, stub, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    said = await bob.send_text(room_id, "only for the first homeserver")
+    assert (await alice.wait_for_event(room_id, said))["content"]["body"].startswith("only")
+    raw = next(e for e in stub.raw_events(room_id) if e.get("event_id") == said)
+
+    second_homeserver.register("alice", "pw")
+    same_device = PlainClient(session, second.url)
+    await same_device.login("alice", device_id=alice.device_id)
+    alice_key = key_of(alice.user_id, alice.device_id)
+    assert alice_key not in registry_of(second).accounts
+    assert registry_of(first).accounts[alice_key].access_token == alice.access_token
+    assert await shared.get_secret(alice_key, HOMESERVER_SECRET) == stub.base_url
+
+    new_device = PlainClient(session, second.url)
+    await new_device.login("alice")
+    second_homeserver.faults.add(r"/event/", status=200, body=raw)
+    event = await new_device.event(room_id, said)
+    assert "only for the first" not in json.dumps(event), event
+    assert await shared.count_inbound_group_sessions(
+        key_of(new_device.user_id, new_device.device_id)
+    ) == 0
