@@ -198,10 +198,23 @@ class AccountMedia:
             self._known.popitem(last=False)
 
     async def add_known(self, mxc: str, media: KnownMedia) -> None:
-        if self._known.get(mxc) == media:
-            return
-        if await self.known(mxc) == media:
-            return
+        """Remember the key of an encrypted file. The first key wins: anyone in a room can name
+        any URI in an event, and a second sender's key must not replace the one a first sender
+        gave for the same file (downloads would decrypt with it). What the first left out (a
+        mime type, a thumbnail) may be filled in by an event with the same key."""
+        known = await self.known(mxc)
+        if known is not None:
+            if known.file != media.file:
+                log.info("Kept the first key known for a file; another event named another")
+                return
+            media = KnownMedia(
+                known.file,
+                known.mimetype or media.mimetype,
+                known.filename or media.filename,
+                known.thumbnail or media.thumbnail,
+            )
+            if media == known:
+                return
         await self.account.store.put_secret(
             self.account.key, KNOWN_PREFIX + mxc, json.dumps(asdict(media))
         )

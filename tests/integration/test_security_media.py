@@ -4,6 +4,8 @@ and a plaintext copy goes only into a room known to be unencrypted."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from urllib.parse import quote
@@ -13,8 +15,10 @@ import pytest
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
+    MediaAnswer,
     PlainClient,
     encrypted_room_of,
+    get_media,
     login_all,
     upload_media,
 )
@@ -110,3 +114,38 @@ async def test_a_decrypted_file_goes_nowhere_not_known_to_be_unencrypted(
     await bob.call("PUT", state, {"url": fresh})
     [event] = [e for e in stub.raw_events(secret_room) if e["type"] == "m.room.avatar"]
     assert event["content"]["url"] == fresh
+
+
+def b64(data: bytes, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(data).decode().rstrip("=")
+
+
+async def test_a_second_sender_cannot_replace_a_files_key(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """Mallory, in the room, names Alice's file with a key of her own (and the hash of the real
+    ciphertext, so the check passes): Bob's downloads must keep decrypting with Alice's key."""
+    proxy = await start_e2ee_proxy()
+    alice, bob, mallory = await login_all(session, proxy.url, stub, "alice", "bob", "mallory")
+    room_id = await encrypted_room_of(alice, bob, mallory)
+    url = await upload_media(alice, PNG, "image/png")
+    event_id = await alice.send(room_id, {"msgtype": "m.image", "body": "x.png", "url": url})
+    await bob.wait_for_event(room_id, event_id)
+    assert_served(await get_media(bob, url), PNG)
+
+    ciphertext = stub.media.items[tuple(url.removeprefix("mxc://").split("/", 1))].content
+    assert ciphertext is not None
+    forged = {
+        "v": "v2", "url": url, "iv": b64(os.urandom(8) + bytes(8)),
+        "key": {"kty": "oct", "alg": "A256CTR", "ext": True, "key_ops": ["encrypt", "decrypt"],
+                "k": b64(os.urandom(32), urlsafe=True)},
+        "hashes": {"sha256": b64(hashlib.sha256(ciphertext).digest())},
+    }
+    fake = await mallory.send(room_id, {"msgtype": "m.image", "body": "y.png", "file": forged})
+    assert (await bob.wait_for_event(room_id, fake))["content"]["file"]["url"] == url
+    assert_served(await get_media(bob, url), PNG)
+
+
+def assert_served(answer: MediaAnswer, data: bytes) -> None:
+    assert (answer.status, answer.body) == (200, data), answer
