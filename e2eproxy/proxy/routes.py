@@ -41,6 +41,8 @@ def add_routes(app: web.Application) -> None:
     _add(router, "POST", client + "/login", CLIENT, login.login)
     _add(router, "POST", client + "/logout", CLIENT, login.logout)
     _add(router, "POST", client + "/logout/all", CLIENT, login.logout)
+    _add(router, "DELETE", client + "/devices/{device}", CLIENT, login.delete_device)
+    _add(router, "POST", client + "/delete_devices", CLIENT, login.delete_devices)
     _add(router, "GET", client + "/sync", CLIENT, sync.sync)
     router.add_route("POST", sliding.PATH, sliding_sync.sync)
     _add(router, "PUT", room + "/send/{type}/{txn}", CLIENT, send.send)

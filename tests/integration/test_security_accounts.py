@@ -132,3 +132,28 @@ async def test_the_same_user_id_on_two_homeservers_shares_nothing(
     assert await shared.count_inbound_group_sessions(
         key_of(new_device.user_id, new_device.device_id)
     ) == 0
+
+
+async def test_a_device_deleted_through_the_proxy_forgets_its_keys(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """Like a logout: DELETE /devices/{id} and POST /delete_devices, once the server says done."""
+    proxy = await start_e2ee_proxy()
+    stub.register("alice", "pw")
+    first, second, third = (PlainClient(session, proxy.url) for _ in range(3))
+    for client in (first, second, third):
+        await client.login("alice")
+    keys = [key_of(c.user_id, c.device_id) for c in (first, second, third)]
+    assert set(keys) <= set(await proxy.store.list_accounts())
+
+    status, step = await first.request("DELETE", f"/_matrix/client/v3/devices/{second.device_id}")
+    assert status == 401, step  # the password step first: nothing is forgotten yet
+    assert keys[1] in await proxy.store.list_accounts()
+    password = {"type": "m.login.password", "password": "pw", "session": step["session"]}
+    await first.call("DELETE", f"/_matrix/client/v3/devices/{second.device_id}",
+                     {"auth": password})
+    await first.call("POST", "/_matrix/client/v3/delete_devices",
+                     {"devices": [third.device_id], "auth": password})
+    stored = await proxy.store.list_accounts()
+    assert keys[0] in stored and keys[1] not in stored and keys[2] not in stored
+    assert set(registry_of(proxy).accounts) == {keys[0]}

@@ -140,3 +140,17 @@ async def test_python_helpers_match_http(stub: StubHomeserver, anon: Api) -> Non
         "user_id": user_id, "device_id": "PYDEV", "is_guest": False}
     room_id = stub.create_room(user_id, name="made in python")
     assert stub.raw_events(room_id)[-1]["content"] == {"name": "made in python"}
+
+
+async def test_delete_devices_after_the_password_step(login: Login, stub: StubHomeserver) -> None:
+    alice = await login("alice", device_id="ONE")
+    await login("alice", device_id="TWO")
+    await login("alice", device_id="THREE")
+    status, step = await alice.call("POST", "/delete_devices", {"devices": ["TWO", "THREE"]})
+    assert status == 401 and step["flows"] == [{"stages": ["m.login.password"]}], step
+    auth = {"type": "m.login.password", "password": "wrong", "session": step["session"]}
+    status, body = await alice.call("POST", "/delete_devices", {"devices": ["TWO"], "auth": auth})
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    auth["password"] = "pw"
+    await alice.ok("POST", "/delete_devices", {"devices": ["TWO", "THREE"], "auth": auth})
+    assert set(stub.accounts.user(alice.user_id).devices) == {"ONE"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from aiohttp import web
 from e2eproxy.errors import E2EProxyError
 from e2eproxy.proxy.accounts import token_of
 from e2eproxy.proxy.engine_io import drain_outgoing
-from e2eproxy.proxy.handlers.common import forward_for_json, respond
+from e2eproxy.proxy.handlers.common import forward_for_json, read_body, respond
 from e2eproxy.proxy.keys import MEDIA, REGISTRY, UPSTREAM
 
 log = logging.getLogger(__name__)
@@ -38,25 +39,63 @@ async def login(request: web.Request) -> web.StreamResponse:
     return respond(answer)
 
 
-async def logout(request: web.Request) -> web.StreamResponse:
+async def _who(request: web.Request) -> tuple[str, str | None] | None:
+    """(user, device) of the request's token, asked before the request may invalidate it."""
     registry = request.app[REGISTRY]
     token = token_of(request)
-    who: tuple[str, str | None] | None = None
-    if token is not None:
-        cached = registry.tokens.get(token)
-        try:
-            who = (cached.user_id, cached.device_id) if cached else await registry.whoami(token)
-        except E2EProxyError:
-            who = None
+    if token is None:
+        return None
+    cached = registry.tokens.get(token)
+    try:
+        return (cached.user_id, cached.device_id) if cached else await registry.whoami(token)
+    except E2EProxyError:
+        return None
+
+
+async def _forget(request: web.Request, user_id: str, devices: set[str] | None) -> None:
+    """The server deleted these devices of `user_id` (None: all of them): their keys leave the
+    store, their held uploads the spool."""
+    registry = request.app[REGISTRY]
+    for account in list(registry.accounts.values()):
+        if account.user_id == user_id and (devices is None or account.device_id in devices):
+            await request.app[MEDIA].of(account).drop_all()
+            request.app[MEDIA].forget(account)
+            await registry.remove(account)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    who = await _who(request)
     answer = await forward_for_json(request)
     if answer.status == 200 and who is not None:
         user_id, device_id = who
         everything = request.path.endswith("/all")
-        for account in list(registry.accounts.values()):
-            if account.user_id == user_id and (everything or account.device_id == device_id):
-                await request.app[MEDIA].of(account).drop_all()
-                request.app[MEDIA].forget(account)
-                await registry.remove(account)
+        await _forget(request, user_id, None if everything else {device_id or ""})
+        token = token_of(request)
         if token is not None:
-            registry.forget_token(token)
+            request.app[REGISTRY].forget_token(token)
+    return respond(answer)
+
+
+async def delete_device(request: web.Request) -> web.StreamResponse:
+    """DELETE /devices/{device}: a deleted device's keys go as on its logout (they stayed in
+    the store, and the proxy kept acting for the device, before)."""
+    who = await _who(request)
+    answer = await forward_for_json(request)
+    if answer.status == 200 and who is not None:
+        await _forget(request, who[0], {request.match_info["device"]})
+    return respond(answer)
+
+
+async def delete_devices(request: web.Request) -> web.StreamResponse:
+    """POST /delete_devices: the same for each device the body lists."""
+    who = await _who(request)
+    raw = await read_body(request)
+    answer = await forward_for_json(request, body=raw)
+    if answer.status == 200 and who is not None:
+        try:
+            listed = json.loads(raw).get("devices")
+        except (ValueError, AttributeError):
+            listed = None
+        devices = {d for d in listed if isinstance(d, str)} if isinstance(listed, list) else set()
+        await _forget(request, who[0], devices)
     return respond(answer)

@@ -137,6 +137,30 @@ async def device(request: web.Request) -> web.Response:
     return ok()
 
 
+async def delete_devices(request: web.Request) -> web.Response:
+    """POST /delete_devices: several of the user's devices at once, behind the same password
+    step as DELETE /devices/{deviceId}."""
+    session = session_of(request)
+    stub = stub_of(request)
+    user = stub.accounts.user(session.user_id)
+    body = await json_body(request)
+    devices = body.get("devices")
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise bad_json_field("devices must be a list of device IDs")
+    auth = body.get("auth") or {}
+    if auth.get("type") != "m.login.password":
+        return web.json_response(
+            {"flows": [{"stages": ["m.login.password"]}], "params": {},
+             "session": secrets.token_urlsafe(12)},
+            status=401,
+        )
+    if auth.get("password") != user.password:
+        raise forbidden("Invalid password")
+    for device_id in devices:
+        stub.delete_device(session.user_id, device_id)
+    return ok()
+
+
 async def capabilities(request: web.Request) -> web.Response:
     session_of(request)
     return ok({"capabilities": {
@@ -159,6 +183,7 @@ def routes() -> list[web.RouteDef]:
             ("GET", "/devices/{device_id}", device),
             ("PUT", "/devices/{device_id}", device),
             ("DELETE", "/devices/{device_id}", device),
+            ("POST", "/delete_devices", delete_devices),
             ("GET", "/capabilities", capabilities),
         ]),
     ]
