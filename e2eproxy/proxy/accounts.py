@@ -278,6 +278,12 @@ class AccountRegistry:
             return info
         return await self.attach(user_id, device_id, token)
 
+    async def revalidate(self, token: str) -> TokenInfo:
+        """The token's device as the homeserver sees it now, not as cached: for an answer the
+        proxy gives by itself. Raises the server's error (401 M_UNKNOWN_TOKEN) for a dead one."""
+        self.forget_token(token)
+        return await self.resolve(token)
+
     async def for_request(self, request: web.Request) -> TokenInfo | None:
         """The token's device, or None for a request without a token."""
         token = token_of(request)

@@ -149,3 +149,19 @@ async def test_a_second_sender_cannot_replace_a_files_key(
 
 def assert_served(answer: MediaAnswer, data: bytes) -> None:
     assert (answer.status, answer.body) == (200, data), answer
+
+
+async def test_a_held_upload_is_not_served_to_a_token_logged_out_elsewhere(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """A held upload is answered by the proxy alone; its cached token answer kept serving it for
+    ten minutes after the token was logged out around the proxy."""
+    proxy = await start_e2ee_proxy()
+    (alice,) = await login_all(session, proxy.url, stub, "alice")
+    url = await upload_media(alice, PNG, "image/png")
+    assert_served(await get_media(alice, url), PNG)
+    around = PlainClient(session, str(stub.base_url), alice.access_token)
+    await around.logout()
+    for api in ("v1", "v3"):
+        answer = await get_media(alice, url, api=api)
+        assert (answer.status, answer.errcode) == (401, "M_UNKNOWN_TOKEN"), answer

@@ -182,6 +182,9 @@ async def download(request: web.Request) -> web.StreamResponse:
     mxc = f"mxc://{request.match_info['server']}/{request.match_info['media_id']}"
     pending = await media.get_pending(mxc)
     if pending is not None:
+        # Served from here, with no request the server could refuse: a token cached here may
+        # have been logged out elsewhere since, so the server is asked first.
+        await request.app[REGISTRY].revalidate(require_token(request))
         source = request.app[MEDIA].spool.read(pending.spool_name, pending.file_key)
         return await _serve(
             request,
