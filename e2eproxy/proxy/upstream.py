@@ -32,8 +32,16 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-# Set by the HTTP client from the URL we send to.
-_REQUEST_DROP = HOP_BY_HOP | {"host"}
+# Set by the HTTP client from the URL we send to; and what a client may say about where it is
+# (a homeserver that trusts these would log, rate-limit and ban the address the client chose).
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+}
 # The proxy decides CORS itself: the homeserver's "Access-Control-Allow-Origin: *" must not leak
 # through unless the operator configured it.
 _RESPONSE_DROP = HOP_BY_HOP | {
@@ -56,9 +64,15 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
-def forward_request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def forward_request_headers(
+    headers: CIMultiDictProxy[str], peer: str | None = None
+) -> CIMultiDict[str]:
+    """The client's headers for the homeserver; X-Forwarded-For names the peer we saw."""
     dropped = _REQUEST_DROP | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+    forwarded = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+    if peer:
+        forwarded["X-Forwarded-For"] = peer
+    return forwarded
 
 
 def forward_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -103,3 +103,25 @@ async def test_dot_segments_and_merged_slashes_cannot_hide_a_send_or_an_upload(
         b'{"bridgebot": "@bot:stub.test"}',
     )
     assert answer.status == 200, answer
+
+
+async def test_the_client_cannot_choose_the_address_the_homeserver_sees(
+    stub: StubHomeserver, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """A homeserver that trusts X-Forwarded-For (Synapse with `x_forwarded`) logs, rate-limits
+    and bans by it: it names the peer the proxy saw, never what the client claimed."""
+    proxy = await start_e2ee_proxy()
+    claims = {
+        "X-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.7",
+        "Forwarded": "for=203.0.113.7;proto=https", "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "matrix.example.org",
+    }
+    for path in ("/_matrix/client/versions", "/_matrix/client/v3/login"):
+        answer = await raw_request(proxy.url, f"GET {path} HTTP/1.1", claims)
+        assert answer.status == 200, answer
+        [seen] = stub.requests_to(path + "$")
+        headers = {name.lower(): value for name, value in seen.headers.items()}
+        assert headers.get("x-forwarded-for") == "127.0.0.1", headers
+        assert not {"x-real-ip", "forwarded", "x-forwarded-proto", "x-forwarded-host"} & set(
+            headers
+        ), headers

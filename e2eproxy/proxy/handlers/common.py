@@ -47,7 +47,7 @@ async def forward_for_json(
 ) -> Answer:
     """Forward the client's request (optionally with another path/query or body) and read the
     whole answer; `data` is the parsed JSON or None."""
-    headers = forward_request_headers(request.headers)
+    headers = forward_request_headers(request.headers, request.remote)
     # Identity encoding: the answer is parsed here, not passed through as bytes.
     headers.pop("Accept-Encoding", None)
     if body is None and request.body_exists:

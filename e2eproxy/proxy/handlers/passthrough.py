@@ -36,7 +36,7 @@ def _forget_token(request: web.Request) -> None:
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
-    headers = forward_request_headers(request.headers)
+    headers = forward_request_headers(request.headers, request.remote)
     long_poll = long_poll_ms(request.query)
     async with upstream.open(
         request.method, request.raw_path, headers, _request_body(request), long_poll
