@@ -10,149 +10,46 @@ schema or a wrong passphrase leaves the file exactly as it was.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from e2eproxy.config import StoreConfig
 from e2eproxy.errors import StoreError
 from e2eproxy.store import secrets
-from e2eproxy.store.base import AccountKey
 from e2eproxy.store.migrations import MIGRATIONS, Migration, check_version, migrate
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.secrets import KeyringBackend, StoreKeys
-from e2eproxy.store.txn import Key, LeaseRow, Put, Txn
-from e2eproxy.types import DeviceId, UserId
+from e2eproxy.store.sql import KeySettings, Row, SqlTxn, key_kind
+from e2eproxy.store.txn import Txn
 
 T = TypeVar("T")
 DB_NAME = "e2eproxy.db"
 BUSY_TIMEOUT_MS = 5_000
 
 
-class SqliteTxn:
-    """A ``Txn`` on the writer's connection: hashed keys, encrypted values."""
+class SqliteTxn(SqlTxn):
+    """A ``SqlTxn`` on the writer's connection."""
 
     def __init__(self, conn: sqlite3.Connection, keys: StoreKeys) -> None:
+        super().__init__(keys)
         self._c = conn
-        self._k = keys
 
-    @staticmethod
-    def _aad(kind: str, acct: int, lookup: bytes) -> bytes:
-        return f"{kind}|{acct}|".encode() + lookup
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        return self._c.execute(sql, params).fetchall()
 
-    def account_id(self, account: AccountKey, create: bool) -> int | None:
-        lookup = self._k.index("account", account.user_id, account.device_id)
-        row = self._c.execute("SELECT id FROM accounts WHERE lookup = ?", (lookup,)).fetchone()
-        if row is not None:
-            return int(row[0])
-        if not create:
-            return None
-        ident = json.dumps([account.user_id, account.device_id]).encode()
-        blob = self._k.encrypt(b"account|" + lookup, ident)
+    def _exec(self, sql: str, params: Sequence[Any]) -> None:
+        self._c.execute(sql, params)
+
+    def _insert_account(self, lookup: bytes, blob: bytes) -> int:
+        # One writer at a time (BEGIN IMMEDIATE): nobody can have inserted it meanwhile.
         cursor = self._c.execute(
             "INSERT INTO accounts (lookup, ident) VALUES (?, ?)", (lookup, blob)
         )
+        assert cursor.lastrowid is not None
         return cursor.lastrowid
-
-    def list_accounts(self) -> list[AccountKey]:
-        accounts = []
-        for lookup, blob in self._c.execute("SELECT lookup, ident FROM accounts"):
-            user_id, device_id = json.loads(self._k.decrypt(b"account|" + lookup, blob))
-            accounts.append(AccountKey(UserId(user_id), DeviceId(device_id)))
-        return sorted(accounts)
-
-    def delete_account(self, acct: int) -> None:
-        self._c.execute("DELETE FROM records WHERE acct = ?", (acct,))
-        self._c.execute("DELETE FROM accounts WHERE id = ?", (acct,))
-
-    def put(self, acct: int, op: Put) -> None:
-        lookup = self._k.index(op.kind, *op.key)
-        group = self._k.index("group", *op.group) if op.group else None
-        value = self._k.encrypt(self._aad(op.kind, acct, lookup), op.value)
-        # The better-session rule: an upsert that only wins with a strictly lower rank.
-        only_if_better = " WHERE excluded.rank < records.rank" if op.better else ""
-        self._c.execute(
-            "INSERT INTO records (acct, kind, key, grp, rank, ts, value)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (acct, kind, key) DO UPDATE SET"
-            " grp = excluded.grp, rank = excluded.rank, ts = excluded.ts,"
-            " value = excluded.value" + only_if_better,
-            (acct, op.kind, lookup, group, op.rank, op.ts, value),
-        )
-
-    def get(self, acct: int, kind: str, key: Key) -> bytes | None:
-        lookup = self._k.index(kind, *key)
-        row = self._c.execute(
-            "SELECT value FROM records WHERE acct = ? AND kind = ? AND key = ?",
-            (acct, kind, lookup),
-        ).fetchone()
-        return None if row is None else self._k.decrypt(self._aad(kind, acct, lookup), row[0])
-
-    def delete(self, acct: int, kind: str, key: Key) -> None:
-        self._c.execute(
-            "DELETE FROM records WHERE acct = ? AND kind = ? AND key = ?",
-            (acct, kind, self._k.index(kind, *key)),
-        )
-
-    def prune(self, acct: int, kind: str, before_ts: int) -> None:
-        self._c.execute(
-            "DELETE FROM records WHERE acct = ? AND kind = ? AND ts < ?", (acct, kind, before_ts)
-        )
-
-    def scan(
-        self,
-        acct: int,
-        kind: str,
-        *,
-        group: Key | None = None,
-        after: int = 0,
-        limit: int | None = None,
-        newest_first: bool = False,
-    ) -> list[tuple[int, bytes]]:
-        sql = "SELECT rowid, key, value FROM records WHERE acct = ? AND kind = ? AND rowid > ?"
-        params: list[Any] = [acct, kind, after]
-        if group is not None:
-            sql += " AND grp = ?"
-            params.append(self._k.index("group", *group))
-        sql += " ORDER BY rowid DESC" if newest_first else " ORDER BY rowid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [
-            (rowid, self._k.decrypt(self._aad(kind, acct, lookup), value))
-            for rowid, lookup, value in self._c.execute(sql, params)
-        ]
-
-    def count(self, acct: int, kind: str) -> int:
-        row = self._c.execute(
-            "SELECT count(*) FROM records WHERE acct = ? AND kind = ?", (acct, kind)
-        ).fetchone()
-        return int(row[0])
-
-    def _lease_lookup(self, account: AccountKey) -> bytes:
-        return self._k.index("lease", account.user_id, account.device_id)
-
-    def lease_get(self, account: AccountKey) -> LeaseRow | None:
-        row = self._c.execute(
-            "SELECT holder, expires_ms, generation FROM leases WHERE lookup = ?",
-            (self._lease_lookup(account),),
-        ).fetchone()
-        return None if row is None else LeaseRow(row[0], row[1], row[2])
-
-    def lease_put(self, account: AccountKey, row: LeaseRow | None) -> None:
-        lookup = self._lease_lookup(account)
-        if row is None:
-            self._c.execute("DELETE FROM leases WHERE lookup = ?", (lookup,))
-            return
-        self._c.execute(
-            "INSERT OR REPLACE INTO leases (lookup, holder, expires_ms, generation)"
-            " VALUES (?, ?, ?, ?)",
-            (lookup, row.holder, row.expires_ms, row.generation),
-        )
 
 
 def _owner_only(path: Path) -> None:
@@ -180,10 +77,9 @@ class SqliteBackend:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / filename
-        self._passphrase = passphrase
-        self._use_keyring = use_keyring
-        self._keyring = keyring_backend
-        self._scrypt_n = scrypt_n
+        self._key_settings = KeySettings(
+            self.data_dir, passphrase, use_keyring, keyring_backend, scrypt_n
+        )
         self._migrations = MIGRATIONS if migrations is None else migrations
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -251,28 +147,16 @@ class SqliteBackend:
 
     def _unlock(self, conn: sqlite3.Connection) -> bytes:
         meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-        if "store_id" not in meta or "data_key" not in meta:
-            raise StoreError(f"{self.path} has a schema but no store key; it is not usable")
-        record = json.loads(meta["data_key"])
-        source = secrets.source_for_existing(
-            record.get("kind", ""), self.data_dir, self._passphrase, self._keyring
-        )
-        return secrets.unwrap_key(source, meta["store_id"], record)
+        return self._key_settings.unlock(meta, str(self.path))
 
     def _create(self, conn: sqlite3.Connection) -> None:
-        source = secrets.choose_source(
-            self.data_dir, self._passphrase, self._use_keyring, self._keyring
-        )
-        if isinstance(source, secrets.PassphraseSource):
-            source.n = self._scrypt_n
-        store_id = str(uuid.uuid4())
-        data_key, record = secrets.new_wrapped_key(source, store_id)
+        store_id, data_key, wrapped = self._key_settings.new_key()
         self._keys = StoreKeys(data_key)
 
         def store_key(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?)",
-                [("store_id", store_id), ("data_key", json.dumps(record))],
+                [("store_id", store_id), ("data_key", wrapped)],
             )
 
         conn.execute("PRAGMA journal_mode = WAL")
@@ -289,7 +173,7 @@ class SqliteBackend:
             if self._conn is None:
                 raise StoreError("the store is not open")
             row = self._conn.execute("SELECT value FROM meta WHERE name = 'data_key'").fetchone()
-            return str(json.loads(row[0]).get("kind", ""))
+            return key_kind(row[0])
 
         return await self._call(read)
 
@@ -302,13 +186,11 @@ class SqliteBackend:
         conn = self._conn
         if conn is None or self._keys is None:
             raise StoreError("the store is not open")
-        if isinstance(source, secrets.PassphraseSource):
-            source.n = self._scrypt_n
         store_id = conn.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()[0]
-        record = secrets.wrap_key(source, store_id, self._keys.data_key)
+        wrapped = self._key_settings.rewrap(source, store_id, self._keys.data_key)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("UPDATE meta SET value = ? WHERE name = 'data_key'", (json.dumps(record),))
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'data_key'", (wrapped,))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -339,13 +221,3 @@ class SqliteStore(RecordStore):
         }
         self.backend = SqliteBackend(data_dir, **backend_args)
         super().__init__(self.backend, **kwargs)
-
-
-async def open_store(config: StoreConfig, passphrase: str | None) -> SqliteStore:
-    """The configured store, opened; pass ``Config.store_passphrase()`` as ``passphrase``.
-
-    Raises ``WrongPassphrase``, ``MigrationError`` or ``StoreError`` with one clear line.
-    """
-    store = SqliteStore(config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring)
-    await store.open()
-    return store
