@@ -1,16 +1,35 @@
-"""Open the store the configuration names."""
+"""Open the store the configuration names: PostgreSQL for ``store.url``, else SQLite."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from e2eproxy.config import StoreConfig
+from e2eproxy.errors import StoreError
 from e2eproxy.store.sqlite import SqliteStore
 
+if TYPE_CHECKING:
+    from e2eproxy.store.postgres import PostgresStore
 
-async def open_store(config: StoreConfig, passphrase: str | None) -> SqliteStore:
+
+async def open_store(config: StoreConfig, passphrase: str | None) -> SqliteStore | PostgresStore:
     """The configured store, opened; pass ``Config.store_passphrase()`` as ``passphrase``.
 
     Raises ``WrongPassphrase``, ``MigrationError`` or ``StoreError`` with one clear line.
     """
-    store = SqliteStore(config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring)
+    store: SqliteStore | PostgresStore
+    if config.url is not None:
+        try:  # imported here: an SQLite install needs no PostgreSQL driver
+            from e2eproxy.store.postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"store.url needs the PostgreSQL driver ({exc.name} is missing): "
+                "pip install 'e2eproxy[postgres]'"
+            ) from exc
+        store = PostgresStore(
+            config.url, config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring
+        )
+    else:
+        store = SqliteStore(config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring)
     await store.open()
     return store

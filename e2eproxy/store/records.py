@@ -1,7 +1,8 @@
 """``RecordStore``: the ``Store`` contract implemented once over any backend's ``Txn``.
 
 A backend supplies ``run(fn)``: run ``fn(txn)`` in one transaction (rolled back if it raises)
-on its writer. This class does the encoding, decoding and lease logic on the caller's side.
+on its writer. ``fn`` may be run again after a write conflict (PostgreSQL), so it acts only
+through ``txn``. This class does the encoding, decoding and lease logic on the caller's side.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _SNAPSHOT_KINDS = (t.OLM, t.OUTBOUND, t.DEVICE, t.USER, t.ROOM, t.WITHHELD, t.RE
 
 
 class Backend(Protocol):
-    """Where the rows live; see ``MemoryBackend`` and ``SqliteBackend``."""
+    """Where the rows live; see ``MemoryBackend``, ``SqliteBackend`` and ``PostgresBackend``."""
 
     @property
     def pickle_key(self) -> bytes: ...

@@ -1,10 +1,11 @@
-"""The row model both backends implement, and the batch logic written once on top of it.
+"""The row model every backend implements, and the batch logic written once on top of it.
 
 A backend stores *records*: ``(account, kind, key) -> value bytes`` plus three clear columns the
 store itself needs without decrypting: ``rank`` (better-session rule), ``group`` (replay rows by
-session) and ``ts`` (pruning). SQLite hashes keys and groups and encrypts values; memory keeps them
-as they are. Encoding (pickling) happens on the caller's thread, in ``plan_changes``; only bytes
-cross to the writer, where ``apply_ops`` runs inside one transaction.
+session) and ``ts`` (pruning). SQLite and PostgreSQL hash keys and groups and encrypt values
+(``sql.SqlTxn``); memory keeps them as they are. Encoding (pickling) happens on the caller's
+thread, in ``plan_changes``; only bytes cross to the writer, where ``apply_ops`` runs inside one
+transaction.
 """
 
 from __future__ import annotations
