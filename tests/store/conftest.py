@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,11 @@ from e2eproxy.crypto.settings import EncryptionSettings, LocalTrust
 from e2eproxy.protocol import api
 from e2eproxy.store.base import AccountKey
 from e2eproxy.store.memory import MemoryBackend
+from e2eproxy.store.postgres import PostgresStore
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.sqlite import SqliteStore
 from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
+from tests.support.postgres import PostgresCluster
 
 ALICE = AccountKey(UserId("@alice:example.org"), DeviceId("ALICEDEV"))
 BOB = AccountKey(UserId("@bob:example.org"), DeviceId("BOBDEV"))
@@ -40,13 +42,32 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the session (started on first use, deleted at the end)."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """An empty database (a schema, in fact) of this test's own."""
+    url = postgres_cluster.new_schema()
+    yield url
+    postgres_cluster.drop_schema(url)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def make_store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[StoreFactory]:
     """A factory of opened store instances that share one storage (for lease tests)."""
     opened: list[RecordStore] = []
     memory = MemoryBackend()
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
 
     async def sleep(seconds: float) -> None:  # waiting moves the fake clock, nothing more
         clock.advance(max(1, int(seconds * 1000)))
@@ -56,6 +77,8 @@ async def make_store(
         kwargs.setdefault("sleep", sleep)
         if request.param == "memory":
             store = RecordStore(memory, **kwargs)  # type: ignore[arg-type]
+        elif request.param == "postgres":
+            store = PostgresStore(url, tmp_path, use_keyring=False, **kwargs)
         else:
             store = SqliteStore(tmp_path, use_keyring=False, **kwargs)
         await store.open()

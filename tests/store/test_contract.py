@@ -1,4 +1,4 @@
-"""The ``Store`` contract, run against every backend (memory and SQLite)."""
+"""The ``Store`` contract, run against every backend (memory, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from e2eproxy.crypto.changes import Changes, ReplayRecord, TrackedUserRecord
 from e2eproxy.crypto.clock import ManualClock
 from e2eproxy.errors import StoreLocked
 from e2eproxy.protocol import api
-from e2eproxy.store import memory, sqlite
+from e2eproxy.store import memory, postgres, sqlite
 from e2eproxy.store.base import TO_DEVICE_HASH_TTL_MS, TXN_TTL_MS
 from e2eproxy.store.records import RecordStore
 from e2eproxy.types import RoomId, SessionId, UserId
@@ -195,9 +195,11 @@ async def test_failed_batch_saves_nothing(
     store: RecordStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.save(ALICE, Changes(account=account_record()), sync_tokens={"client": "t1"})
-    txn_class = (
-        memory.MemoryTxn if isinstance(store._backend, memory.MemoryBackend) else (sqlite.SqliteTxn)
-    )
+    txn_class = {
+        memory.MemoryBackend: memory.MemoryTxn,
+        sqlite.SqliteBackend: sqlite.SqliteTxn,
+        postgres.PostgresBackend: postgres.PostgresTxn,
+    }[type(store._backend)]
     real_put = txn_class.put
     calls = []
 
