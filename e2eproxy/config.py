@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
+from e2eproxy.config_table import Table
 from e2eproxy.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8009"
@@ -32,6 +33,7 @@ PLAINTEXT_FILE_MODES = ("refuse", "copy")
 STORE_URL_SCHEMES = ("postgresql", "postgres")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 # The spec's server name grammar: a DNS name, IPv4 or [IPv6] address, and an optional port.
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 SERVER_NAME = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
@@ -64,6 +66,9 @@ class ServerConfig:
     max_json_body: int = DEFAULT_MAX_JSON_BODY
     # Bytes of an upload held in the data dir (the server's own m.upload.size applies too).
     max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE
+    # Host names a request's Host may carry besides localhost, the listen address and
+    # public_url's (any IP address is fine): others are refused, against DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def advertised_url(self) -> str:
@@ -199,67 +204,8 @@ def check_url(value: str, key: str, source: str) -> str:
     return value.rstrip("/")
 
 
-class _Table:
-    """Reads typed keys from one TOML table and rejects the ones nobody asked for."""
-
-    def __init__(self, data: Any, prefix: str, source: str) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: {prefix}: expected a table")
-        self.data = data
-        self.prefix = prefix
-        self.source = source
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        # bool is an int in Python; a number where a flag belongs is still a mistake.
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            value_ok = False
-        else:
-            value_ok = isinstance(value, kinds)
-        if not value_ok:
-            wanted = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(
-                f"{self.source}: {self.key(name)}: expected {wanted}, got {type(value).__name__}"
-            )
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value: str = self.get(name, str, default)
-        if value not in choices:
-            raise ConfigError(
-                f"{self.source}: {self.key(name)}: must be one of {', '.join(choices)}; "
-                f"got {value!r}"
-            )
-        return value
-
-    def positive(self, name: str, default: float) -> float:
-        value = float(self.get(name, (int, float), default))
-        if value <= 0:
-            raise ConfigError(f"{self.source}: {self.key(name)}: must be positive, got {value}")
-        return value
-
-    def positive_int(self, name: str, default: int) -> int:
-        value: int = self.get(name, int, default)
-        if value <= 0:
-            raise ConfigError(f"{self.source}: {self.key(name)}: must be positive, got {value}")
-        return value
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise ConfigError(f"{self.source}: {self.key(unknown[0])}: unknown key")
-
-
 def _server(name: str, data: Any, source: str) -> ServerConfig:
-    table = _Table(data, f"servers.{name}", source)
+    table = Table(data, f"servers.{name}", source)
     homeserver = table.get("homeserver", str, None)
     if homeserver is None:
         raise ConfigError(f"{source}: {table.key('homeserver')}: missing (the homeserver URL)")
@@ -277,12 +223,22 @@ def _server(name: str, data: Any, source: str) -> ServerConfig:
         server_name=_server_name(table.get("server_name", str, None), table),
         max_json_body=table.positive_int("max_json_body", DEFAULT_MAX_JSON_BODY),
         max_upload_size=table.positive_int("max_upload_size", DEFAULT_MAX_UPLOAD_SIZE),
+        allowed_hosts=_host_names(table.get("allowed_hosts", list, []), table),
     )
     table.finish()
     return server
 
 
-def _server_name(value: str | None, table: _Table) -> str | None:
+def _host_names(values: list[Any], table: Table) -> tuple[str, ...]:
+    if not all(isinstance(v, str) and HOST_NAME.fullmatch(v) for v in values):
+        raise ConfigError(
+            f"{table.source}: {table.key('allowed_hosts')}: expected a list of host names "
+            f"(no port), got {values!r}"
+        )
+    return tuple(v.lower().rstrip(".") for v in values)
+
+
+def _server_name(value: str | None, table: Table) -> str | None:
     if value is not None and not SERVER_NAME.fullmatch(value):
         raise ConfigError(
             f"{table.source}: {table.key('server_name')}: expected a Matrix server name "
@@ -292,7 +248,7 @@ def _server_name(value: str | None, table: _Table) -> str | None:
 
 
 def _store(data: Any, source: str, base: Path) -> StoreConfig:
-    table = _Table(data, "store", source)
+    table = Table(data, "store", source)
     defaults = StoreConfig()
     data_dir = table.get("data_dir", str, None)
     passphrase_file = table.get("passphrase_file", str, None)
@@ -308,14 +264,14 @@ def _store(data: Any, source: str, base: Path) -> StoreConfig:
 
 
 def _log(data: Any, source: str) -> LogConfig:
-    table = _Table(data, "log", source)
+    table = Table(data, "log", source)
     log = LogConfig(level=table.choice("level", LOG_LEVELS, "info"))
     table.finish()
     return log
 
 
 def _encryption(data: Any, source: str) -> EncryptionConfig:
-    table = _Table(data, "encryption", source)
+    table = Table(data, "encryption", source)
     encryption = EncryptionConfig(
         share_strategy=table.choice("share_strategy", SHARE_STRATEGIES, "all"),
         missing_key_wait=float(table.get("missing_key_wait", (int, float), 3.0)),
@@ -332,7 +288,7 @@ def _encryption(data: Any, source: str) -> EncryptionConfig:
 def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
     base = base or Path.cwd()
-    top = _Table(data, "", source)
+    top = Table(data, "", source)
     servers_data = top.get("servers", dict, {})
     servers = tuple(_server(name, table, source) for name, table in servers_data.items())
     config = Config(

@@ -12,7 +12,7 @@ from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.proxy.accounts import AccountRegistry
-from e2eproxy.proxy.keys import CONFIG, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
+from e2eproxy.proxy.keys import CONFIG, HOST_NAMES, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
 from e2eproxy.proxy.middleware import (
     add_cors_headers,
@@ -21,6 +21,7 @@ from e2eproxy.proxy.middleware import (
     target_guard_middleware,
 )
 from e2eproxy.proxy.routes import add_routes
+from e2eproxy.proxy.targets import allowed_host_names
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import Store, open_store
 from e2eproxy.store.records import SystemClock
@@ -54,6 +55,7 @@ def create_app(
     )
     app[CONFIG] = config
     app[SERVER] = server
+    app[HOST_NAMES] = allowed_host_names(server)
     upstream = Upstream(server.homeserver, read_timeout=server.upstream_timeout)
     app[UPSTREAM] = upstream
     app[STOPPING] = asyncio.Event()

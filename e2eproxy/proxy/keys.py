@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 CONFIG = web.AppKey("config", Config)
 SERVER = web.AppKey("server", ServerConfig)
+# The host names a request's Host header may carry (besides any IP address).
+HOST_NAMES: web.AppKey[frozenset[str]] = web.AppKey("host_names")
 UPSTREAM = web.AppKey("upstream", Upstream)
 REGISTRY: web.AppKey[AccountRegistry] = web.AppKey("registry")
 MEDIA: web.AppKey[MediaService] = web.AppKey("media")

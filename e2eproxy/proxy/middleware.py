@@ -10,8 +10,8 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from e2eproxy.errors import E2EProxyError, MatrixError, StoreLocked, UpstreamError
-from e2eproxy.proxy.keys import SERVER
-from e2eproxy.proxy.targets import merged_slashes, target_problem
+from e2eproxy.proxy.keys import HOST_NAMES, SERVER
+from e2eproxy.proxy.targets import host_allowed, merged_slashes, target_problem
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("e2eproxy.requests")
@@ -67,6 +67,11 @@ async def target_guard_middleware(request: web.Request, handler: Handler) -> web
         problem = "empty path segments that would change which endpoint this is"
     if problem is not None:
         return matrix_error(400, "M_UNRECOGNIZED", f"e2eproxy: {problem}")
+    if not host_allowed(request.headers.get("Host"), request.app[HOST_NAMES]):
+        # A web page whose domain was made to resolve to this address (DNS rebinding).
+        return matrix_error(
+            403, "M_FORBIDDEN", "e2eproxy: this Host is not served here (see allowed_hosts)"
+        )
     return await handler(request)
 
 

@@ -9,7 +9,10 @@ a room send or an upload it never encrypted.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+import ipaddress
+from urllib.parse import unquote, urlsplit
+
+from e2eproxy.config import ServerConfig
 
 DOT_SEGMENTS = frozenset({".", ".."})
 
@@ -36,3 +39,44 @@ def merged_slashes(path: str) -> str:
     while "//" in path:
         path = path.replace("//", "/")
     return path
+
+
+def host_name(header: str) -> str | None:
+    """The host name of a Host header ("name", "name:port", "[v6]:port"), lowercased."""
+    try:
+        parts = urlsplit("//" + header)
+        hostname = parts.hostname
+        _ = parts.port  # a malformed port is a malformed header
+    except ValueError:
+        return None
+    if not hostname or parts.username is not None or parts.path or parts.query:
+        return None
+    return hostname.rstrip(".")
+
+
+def is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_host_names(server: ServerConfig) -> frozenset[str]:
+    """localhost, the listen address, public_url's host and the configured `allowed_hosts`."""
+    names = {"localhost", server.listen.host.lower(), *server.allowed_hosts}
+    if server.public_url:
+        public = urlsplit(server.public_url).hostname
+        if public:
+            names.add(public.rstrip("."))
+    return frozenset(names)
+
+
+def host_allowed(header: str | None, names: frozenset[str]) -> bool:
+    """A web page can reach a loopback listener by making its own domain resolve to 127.0.0.1
+    (DNS rebinding); its requests then carry that domain as Host. An IP address, or a name the
+    operator listed, cannot be such a page's."""
+    if header is None:  # HTTP/1.0 without Host: no browser sends that
+        return True
+    name = host_name(header)
+    return name is not None and (is_ip_address(name) or name in names)

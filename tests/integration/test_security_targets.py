@@ -125,3 +125,21 @@ async def test_the_client_cannot_choose_the_address_the_homeserver_sees(
         assert not {"x-real-ip", "forwarded", "x-forwarded-proto", "x-forwarded-host"} & set(
             headers
         ), headers
+
+
+async def test_only_host_names_of_the_proxy_are_served(
+    stub: StubHomeserver, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """DNS rebinding: a web page makes its own domain resolve to 127.0.0.1, and its scripts then
+    reach the listener with that domain as Host. Addresses, localhost, public_url's host and
+    the configured names are served; nothing else is forwarded."""
+    proxy = await start_e2ee_proxy(public_url="https://proxy.example", allowed_hosts=("bot.lan",))
+    port = proxy.url.rsplit(":", 1)[1]
+    versions = "GET /_matrix/client/versions HTTP/1.1"
+    for host in ("rebound.evil.example", f"rebound.evil.example:{port}", "localhost.evil"):
+        answer = await raw_request(proxy.url, versions, {"Host": host})
+        assert (answer.status, answer.errcode) == (403, "M_FORBIDDEN"), (host, answer)
+    assert stub.requests_to(r"/versions$") == []
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "proxy.example", f"bot.lan:{port}"):
+        answer = await raw_request(proxy.url, versions, {"Host": host})
+        assert answer.status == 200, (host, answer)

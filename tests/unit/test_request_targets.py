@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from e2eproxy.config import ServerConfig
 from e2eproxy.errors import MatrixError
-from e2eproxy.proxy.targets import path_problem, target_problem
+from e2eproxy.proxy.targets import allowed_host_names, host_allowed, path_problem, target_problem
 from e2eproxy.proxy.upstream import Upstream
 
 HOMESERVER = "https://matrix.example.com"
@@ -74,3 +75,27 @@ def test_dot_segments_raw_or_encoded_are_refused(path: str) -> None:
 )
 def test_ordinary_paths_pass(path: str) -> None:
     assert target_problem(path) is None
+
+
+SERVER = ServerConfig(
+    name="t", homeserver="https://matrix.example.com", public_url="https://Proxy.Example:8443",
+    allowed_hosts=("bot.lan",),
+)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [None, "127.0.0.1:8009", "127.0.0.1", "[::1]:8009", "10.1.2.3", "localhost:8009",
+     "LOCALHOST", "localhost.", "proxy.example", "proxy.example:8443", "bot.lan:8009"],
+)
+def test_hosts_a_client_of_the_proxy_uses_are_accepted(host: str | None) -> None:
+    assert host_allowed(host, allowed_host_names(SERVER))
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example:8009", "127.0.0.1.nip.io", "localhost.evil.example", "", "a@localhost",
+     "localhost:x", "localhost/x", "matrix.example.com"],
+)
+def test_other_host_names_are_refused(host: str) -> None:
+    assert not host_allowed(host, allowed_host_names(SERVER))

@@ -102,6 +102,10 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             '[servers.a]\nhomeserver = "https://x"\nmax_upload_size = 1.5',
             "servers.a.max_upload_size: expected int, got float",
         ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\nallowed_hosts = ["evil.example:80"]',
+            "servers.a.allowed_hosts: expected a list of host names",
+        ),
         ('homeserver = "https://x"', "homeserver: unknown key"),
         ("", "servers: no [servers.NAME] table"),
         ("[servers.a\n", "not valid TOML"),
