@@ -24,6 +24,7 @@ from e2eproxy.errors import ConfigError
 DEFAULT_LISTEN = "127.0.0.1:8009"
 DEFAULT_MAX_JSON_BODY = 1024 * 1024
 DEFAULT_MAX_UPLOAD_SIZE = 512 * 1024 * 1024
+DEFAULT_MAX_ACCOUNTS = 1000
 PASSPHRASE_ENV = "E2EPROXY_STORE_PASSPHRASE"
 SYSTEMD_CREDENTIAL = "store-passphrase"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -69,6 +70,8 @@ class ServerConfig:
     # Host names a request's Host may carry besides localhost, the listen address and
     # public_url's (any IP address is fine): others are refused, against DNS rebinding.
     allowed_hosts: tuple[str, ...] = ()
+    # Devices whose keys this listener holds at most; past it a new one is refused (and logged).
+    max_accounts: int = DEFAULT_MAX_ACCOUNTS
 
     @property
     def advertised_url(self) -> str:
@@ -224,6 +227,7 @@ def _server(name: str, data: Any, source: str) -> ServerConfig:
         max_json_body=table.positive_int("max_json_body", DEFAULT_MAX_JSON_BODY),
         max_upload_size=table.positive_int("max_upload_size", DEFAULT_MAX_UPLOAD_SIZE),
         allowed_hosts=_host_names(table.get("allowed_hosts", list, []), table),
+        max_accounts=table.positive_int("max_accounts", DEFAULT_MAX_ACCOUNTS),
     )
     table.finish()
     return server

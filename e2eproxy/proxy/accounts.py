@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from e2eproxy.config import DEFAULT_MAX_ACCOUNTS
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
@@ -37,6 +38,10 @@ FOREIGN_DEVICE = (
     "to use encrypted rooms."
 )
 NO_DEVICE = "This access token has no device, so e2eproxy cannot encrypt or decrypt for it."
+TOO_MANY_ACCOUNTS = (
+    "e2eproxy already holds the keys of as many devices as it is configured for, so it holds "
+    "none for this one. Ask its operator (servers.NAME.max_accounts)."
+)
 OTHER_HOMESERVER = (
     "e2eproxy holds this user and device for another homeserver it serves; it holds no keys "
     "for the same IDs here."
@@ -74,6 +79,7 @@ class AccountRegistry:
         strategy: SharingStrategy,
         *,
         server_name: str | None = None,
+        max_accounts: int = DEFAULT_MAX_ACCOUNTS,
     ) -> None:
         self.upstream = upstream
         self.homeserver = str(upstream.base_url)
@@ -83,6 +89,8 @@ class AccountRegistry:
         # Users of other servers are never given keys here: configured, or else pinned by the
         # first account the homeserver itself confirmed (or found in the store).
         self.server_name = server_name
+        # An open-registration homeserver must not make the proxy create keys without end.
+        self.max_accounts = max_accounts
         self.accounts: dict[AccountKey, Account] = {}
         self.tokens: dict[str, TokenInfo] = {}
         self._attach_lock = asyncio.Lock()
@@ -217,6 +225,12 @@ class AccountRegistry:
             return account, None
         if await self._device_has_keys(key.user_id, key.device_id, token):
             return None, FOREIGN_DEVICE
+        if len(self.accounts) >= self.max_accounts:
+            log.warning(
+                "Not creating keys for %s %s: this listener holds its maximum of %d devices "
+                "(servers.NAME.max_accounts)", key.user_id, key.device_id, self.max_accounts,
+            )
+            return None, TOO_MANY_ACCOUNTS
         return await self._create(key, token), None
 
     def _remember(self, token: str, info: TokenInfo) -> None:

@@ -75,6 +75,7 @@ def create_app(
             clock or SystemClock(),
             STRATEGIES[config.encryption.share_strategy],
             server_name=server.server_name,
+            max_accounts=server.max_accounts,
         )
         app[REGISTRY] = registry
         spool = MediaSpool(config.store.data_dir / "media")

@@ -157,3 +157,24 @@ async def test_a_device_deleted_through_the_proxy_forgets_its_keys(
     stored = await proxy.store.list_accounts()
     assert keys[0] in stored and keys[1] not in stored and keys[2] not in stored
     assert set(registry_of(proxy).accounts) == {keys[0]}
+
+
+async def test_the_number_of_accounts_is_capped_and_logged(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start_e2ee_proxy: StartE2EEProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An open-registration homeserver could make the proxy create keys and a background sync
+    for every account anyone registers."""
+    proxy = await start_e2ee_proxy(max_accounts=2)
+    alice, bob, carol = await login_all(session, proxy.url, stub, "alice", "bob", "carol")
+    assert len(await proxy.store.list_accounts()) == 2
+    assert key_of(carol.user_id, carol.device_id) not in registry_of(proxy).accounts
+    assert "maximum of 2 devices" in caplog.text
+    room_id = await encrypted_room_of(alice, bob)
+    await bob.invite(room_id, carol.user_id)
+    await carol.join(room_id)
+    status, body = await carol.send_raw(room_id, {"msgtype": "m.text", "body": "secret"})
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+    assert "max_accounts" in body["error"]

@@ -106,6 +106,10 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             '[servers.a]\nhomeserver = "https://x"\nallowed_hosts = ["evil.example:80"]',
             "servers.a.allowed_hosts: expected a list of host names",
         ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\nmax_accounts = -1',
+            "servers.a.max_accounts: must be positive",
+        ),
         ('homeserver = "https://x"', "homeserver: unknown key"),
         ("", "servers: no [servers.NAME] table"),
         ("[servers.a\n", "not valid TOML"),
