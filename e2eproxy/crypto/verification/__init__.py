@@ -1,0 +1,1 @@
+"""Interactive key verification (spec "Device verification")."""
