@@ -1,6 +1,6 @@
 """The sans-I/O end-to-end encryption engine (see ``machine.OlmMachine``).
 
-How the I/O shell drives it, under the account lock:
+How the I/O shell drives it, each call inside one `Account.step()` (lock, call, commit):
 
 1. every ``/sync`` body -> ``machine.receive_sync(body)``; then
    ``store.save(machine.take_changes())`` *before* the sync response (and its

@@ -5,7 +5,7 @@ our current outbound session in that room was shared with it, and only from the 
 was shared at, so a request can never reach messages the device was not meant to read. Requests
 for anything else (an older session, a session of another sender, a device we never shared with)
 are ignored. Our own other devices get keys through the store, not through requests (see the
-proxy's ``engine_io``), and unverified own devices must not get them this way.
+proxy's ``decrypt_io``), and unverified own devices must not get them this way.
 """
 
 from __future__ import annotations

@@ -1,11 +1,34 @@
-"""One proxied device: its engine, its token, and the locks that keep engine steps atomic."""
+"""One proxied device at run time: its engine, its token, and the one way to drive the engine.
+
+Every engine call in the shell goes through ``Account.step()``::
+
+    async with account.step(wake=True) as step:
+        result = step.machine.receive_sync(body)
+        step.persist(sync_tokens={stream: token})
+
+The step takes the account's ``lock``, runs the engine call(s) in its block, then commits what
+the engine changed (with the sync tokens and txn answers that must be durable together with it)
+before the lock is released, and wakes the outgoing loop so what the engine wants sent is sent
+(matrix-rust-sdk's shape: call the machine, then ``outgoing_requests``/``mark_request_as_sent``).
+Nothing derived from a step leaves the process before the step has committed (ARCHITECTURE.md,
+rules 2-3). A block that raises commits nothing; the engine's pending changes go with the next
+step.
+
+Lock order, outermost first; a lock is never taken while holding one listed after it:
+
+1. ``room_lock(room)``: one room key share (and the encryption that follows) per room;
+2. ``outgoing_lock``: one drainer of the engine's outgoing requests; ``claim_lock``: one
+   ``/keys/claim`` in flight (only around that HTTP request);
+3. ``lock``: the engine step itself. It is held across store I/O only, never across a request
+   to the homeserver.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +41,21 @@ MEMBERS_TTL_S = 300.0
 # The store secret naming the homeserver an account belongs to: several homeservers may share
 # one store, and the same user ID on two of them is two accounts that share nothing.
 HOMESERVER_SECRET = "homeserver"
+
+
+@dataclass(eq=False)
+class Step:
+    """What one engine step sees: the engine, and what must be saved with its changes."""
+
+    machine: OlmMachine
+    sync_tokens: dict[str, str] = field(default_factory=dict)
+    txns: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def persist(self, *, sync_tokens: Mapping[str, str] | None = None,
+                txns: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """Save these in the same transaction as the step's engine changes."""
+        self.sync_tokens.update(sync_tokens or {})
+        self.txns.update(txns or {})
 
 
 @dataclass(eq=False)
@@ -89,17 +127,19 @@ class Account:
     def room_lock(self, room_id: str) -> asyncio.Lock:
         return self.room_locks.setdefault(room_id, asyncio.Lock())
 
-    async def commit(
-        self,
-        *,
-        sync_tokens: Mapping[str, str] | None = None,
-        txns: Mapping[str, dict[str, Any]] | None = None,
-    ) -> None:
-        """Persist what the engine changed; call with `lock` held, before acting on it."""
-        changes = self.machine.take_changes()
-        if changes.is_empty() and not sync_tokens and not txns:
-            return  # nothing to make durable: skip the fsync
-        await self.store.save(self.key, changes, sync_tokens=sync_tokens, txns=txns)
+    @contextlib.asynccontextmanager
+    async def step(self, *, wake: bool = False) -> AsyncIterator[Step]:
+        """The one way to drive the engine (see the module docstring): lock, the block's engine
+        calls, commit; then, with ``wake``, the outgoing loop sends what the engine queued."""
+        async with self.lock:
+            step = Step(self.machine)
+            yield step
+            changes = self.machine.take_changes()
+            if not changes.is_empty() or step.sync_tokens or step.txns:
+                await self.store.save(self.key, changes, sync_tokens=step.sync_tokens or None,
+                                      txns=step.txns or None)
+        if wake:
+            self.wake_outgoing.set()
 
     async def notify_keys(self) -> None:
         async with self.keys_arrived:

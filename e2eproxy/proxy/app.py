@@ -11,8 +11,7 @@ from aiohttp import web
 from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.settings import SharingStrategy
-from e2eproxy.proxy.accounts import AccountRegistry
-from e2eproxy.proxy.keys import CONFIG, HOST_NAMES, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
+from e2eproxy.proxy.app_keys import CONFIG, HOST_NAMES, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
 from e2eproxy.proxy.middleware import (
     add_cors_headers,
@@ -20,6 +19,7 @@ from e2eproxy.proxy.middleware import (
     request_log_middleware,
     target_guard_middleware,
 )
+from e2eproxy.proxy.registry import AccountRegistry
 from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.targets import allowed_host_names
 from e2eproxy.proxy.upstream import Upstream

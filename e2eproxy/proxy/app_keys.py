@@ -11,8 +11,8 @@ from e2eproxy.config import Config, ServerConfig
 from e2eproxy.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
-    from e2eproxy.proxy.accounts import AccountRegistry
     from e2eproxy.proxy.media import MediaService
+    from e2eproxy.proxy.registry import AccountRegistry
 
 CONFIG = web.AppKey("config", Config)
 SERVER = web.AppKey("server", ServerConfig)

@@ -13,8 +13,8 @@ from aiohttp import web
 from e2eproxy.errors import MatrixError
 from e2eproxy.protocol.media_fields import MediaField, fields_of, media_uris, with_plain_media
 from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.app_keys import CONFIG, MEDIA
 from e2eproxy.proxy.handlers.media import copy_encrypted, copy_plain, publish
-from e2eproxy.proxy.keys import CONFIG, MEDIA
 from e2eproxy.proxy.media import KnownMedia
 
 DECRYPTED_FILE = (

@@ -10,7 +10,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from e2eproxy.errors import E2EProxyError, MatrixError, StoreLocked, UpstreamError
-from e2eproxy.proxy.keys import HOST_NAMES, SERVER
+from e2eproxy.proxy.app_keys import HOST_NAMES, SERVER
 from e2eproxy.proxy.targets import host_allowed, merged_slashes, target_problem
 
 log = logging.getLogger(__name__)

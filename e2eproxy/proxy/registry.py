@@ -154,8 +154,8 @@ class AccountRegistry:
         )
         # The identity is saved before its keys are uploaded: keys uploaded and then lost
         # would brick the device id for good.
-        async with account.lock:
-            await account.commit()
+        async with account.step():
+            pass
         await self.store.put_secret(key, TOKEN_SECRET, token)
         await self.store.put_secret(key, HOMESERVER_SECRET, self.homeserver)
         machine.set_sharing_strategy(self.strategy)

@@ -16,12 +16,8 @@ from urllib.parse import quote
 
 from e2eproxy.errors import StoreLocked, UpstreamError
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.engine_io import (
-    BACKGROUND_STREAM,
-    CLIENT_STREAM,
-    drain_outgoing,
-    process_sync,
-)
+from e2eproxy.proxy.intake import BACKGROUND_STREAM, CLIENT_STREAM, process_sync
+from e2eproxy.proxy.outgoing import drain_outgoing
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import RENEW_EVERY_MS
 
@@ -149,9 +145,8 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
                 account.device_id,
             )
             since, borrow_client_token = None, False
-            async with account.lock:
-                account.machine.mark_all_tracked_users_dirty()
-                await account.commit()
+            async with account.step() as step:
+                step.machine.mark_all_tracked_users_dirty()
             continue
         log.info(
             "Background sync for %s failed (%s); retrying in %.0f s",

@@ -25,7 +25,7 @@ from nio.crypto.attachments import decrypt_attachment
 
 from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
 from e2eproxy.proxy.app import create_app
-from e2eproxy.proxy.keys import MEDIA, REGISTRY
+from e2eproxy.proxy.app_keys import MEDIA, REGISTRY
 from e2eproxy.store import MemoryStore
 from tests.integration.conftest import RunningProxy, StartE2EEProxy
 from tests.support.plain_client import (

@@ -252,7 +252,7 @@ def test_expired_tokens_are_swept_not_kept_forever() -> None:
     from typing import cast
 
     from e2eproxy.crypto.settings import SharingStrategy
-    from e2eproxy.proxy.accounts import TOKEN_SWEEP_AT, AccountRegistry, TokenInfo
+    from e2eproxy.proxy.registry import TOKEN_SWEEP_AT, AccountRegistry, TokenInfo
 
     upstream = cast(Any, SimpleNamespace(base_url="http://hs.test"))
     registry = AccountRegistry(upstream, cast(Any, None), cast(Any, None),

@@ -11,8 +11,8 @@ import pytest
 
 from e2eproxy.config import EncryptionConfig
 from e2eproxy.proxy.account import HOMESERVER_SECRET
-from e2eproxy.proxy.accounts import AccountRegistry
-from e2eproxy.proxy.keys import REGISTRY
+from e2eproxy.proxy.app_keys import REGISTRY
+from e2eproxy.proxy.registry import AccountRegistry
 from e2eproxy.store import AccountKey, MemoryStore
 from e2eproxy.types import DeviceId, UserId
 from tests.integration.conftest import RunningProxy, StartE2EEProxy

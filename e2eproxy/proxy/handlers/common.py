@@ -14,8 +14,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from e2eproxy.errors import MatrixError
-from e2eproxy.proxy.accounts import TokenInfo, token_of
-from e2eproxy.proxy.keys import REGISTRY, STOPPING, UPSTREAM
+from e2eproxy.proxy.app_keys import REGISTRY, STOPPING, UPSTREAM
+from e2eproxy.proxy.registry import TokenInfo, token_of
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
 
 T = TypeVar("T")

@@ -10,8 +10,8 @@ from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.protocol.rewrite import Slot, undecryptable_notice
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.engine_io import decrypt_slots
-from e2eproxy.proxy.keys import CONFIG, MEDIA
+from e2eproxy.proxy.app_keys import CONFIG, MEDIA
+from e2eproxy.proxy.decrypt_io import decrypt_slots
 from e2eproxy.proxy.media import expose_urls, media_of_event
 
 # Where a decrypted event tells the client who encrypted it (as rust-sdk's EncryptionInfo).

@@ -9,10 +9,10 @@ import logging
 from aiohttp import web
 
 from e2eproxy.errors import E2EProxyError
-from e2eproxy.proxy.accounts import token_of
-from e2eproxy.proxy.engine_io import drain_outgoing
+from e2eproxy.proxy.app_keys import MEDIA, REGISTRY, UPSTREAM
 from e2eproxy.proxy.handlers.common import forward_for_json, read_body, respond
-from e2eproxy.proxy.keys import MEDIA, REGISTRY, UPSTREAM
+from e2eproxy.proxy.outgoing import drain_outgoing
+from e2eproxy.proxy.registry import token_of
 
 log = logging.getLogger(__name__)
 

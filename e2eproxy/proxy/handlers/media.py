@@ -21,8 +21,7 @@ from e2eproxy.protocol.attachments import (
     parse_encrypted_file,
 )
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.accounts import token_of
-from e2eproxy.proxy.engine_io import call
+from e2eproxy.proxy.app_keys import MEDIA, REGISTRY, UPSTREAM
 from e2eproxy.proxy.handlers.common import (
     refuse,
     refuse_encoded_body,
@@ -32,8 +31,9 @@ from e2eproxy.proxy.handlers.common import (
 )
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.handlers.upload_limits import check_size, upload_limit, within
-from e2eproxy.proxy.keys import MEDIA, REGISTRY, UPSTREAM
 from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
+from e2eproxy.proxy.outgoing import call
+from e2eproxy.proxy.registry import token_of
 
 UPLOAD_ATTEMPTS = 3
 COPY_WAIT_MS = 1_000

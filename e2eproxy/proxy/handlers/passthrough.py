@@ -8,8 +8,8 @@ import aiohttp
 from aiohttp import web
 
 from e2eproxy.errors import UpstreamError
-from e2eproxy.proxy.accounts import token_of
-from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.app_keys import REGISTRY, UPSTREAM
+from e2eproxy.proxy.registry import token_of
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ from aiohttp import web
 from e2eproxy.errors import LocalProtocolError, MatrixError
 from e2eproxy.protocol.media_fields import AVATAR_URL_FIELDS, fields_of
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.accounts import TokenInfo, token_of
-from e2eproxy.proxy.engine_io import call, share_room_key
+from e2eproxy.proxy.app_keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.handlers.common import (
     forward_for_json,
     read_body,
@@ -30,13 +29,14 @@ from e2eproxy.proxy.handlers.common import (
     token_info,
 )
 from e2eproxy.proxy.handlers.passthrough import passthrough
-from e2eproxy.proxy.keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.media_refs import (
     PlainRoom,
     encrypt_references,
     publish_initial_state,
     publish_plain_references,
 )
+from e2eproxy.proxy.outgoing import call, share_room_key
+from e2eproxy.proxy.registry import TokenInfo, token_of
 from e2eproxy.proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,8 @@ async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) 
         raise server_error(
             status, body, "Could not tell whether the room is encrypted; nothing was sent"
         )
-    async with account.lock:
-        account.machine.update_room_encryption(room_id, body)
-        await account.commit()
+    async with account.step() as step:
+        step.machine.update_room_encryption(room_id, body)
     if not account.machine.is_room_encrypted(room_id):
         raise MatrixError(
             400,
@@ -95,9 +94,8 @@ async def room_members(upstream: Upstream, account: Account, room_id: str) -> li
         and isinstance(e.get("content"), dict)
         and isinstance(e["content"].get("membership"), str)
     }
-    async with account.lock:
-        account.machine.update_room_members(room_id, memberships)
-        await account.commit()
+    async with account.step() as step:
+        step.machine.update_room_members(room_id, memberships)
     members = [str(m) for m in account.machine.room_members(room_id)]
     account.set_members(room_id, members)
     return members
@@ -124,16 +122,16 @@ async def _encrypt(
         for attempt in range(2):
             members = await room_members(upstream, account, room_id)
             await share_room_key(upstream, account, room_id, members)
-            async with account.lock:
-                try:
-                    encrypted = account.machine.encrypt(room_id, event_type, content)
-                except LocalProtocolError:
-                    # The session rotated between sharing and encrypting: share the new one.
-                    if attempt:
-                        raise
-                    continue
-                await account.commit(txns={txn_key: {"room_id": room_id, "content": encrypted}})
-                return encrypted
+            try:
+                async with account.step() as step:
+                    encrypted = step.machine.encrypt(room_id, event_type, content)
+                    step.persist(txns={txn_key: {"room_id": room_id, "content": encrypted}})
+            except LocalProtocolError:
+                # The session rotated between sharing and encrypting: share the new one.
+                if attempt:
+                    raise
+                continue
+            return encrypted
     raise AssertionError("unreachable")
 
 
@@ -283,16 +281,14 @@ async def _note_new_room(account: Account, room_id: str, spec: dict[str, Any]) -
     visibility = _initial_state(spec, "m.room.history_visibility")
     invite = spec.get("invite")
     invites = [u for u in invite if isinstance(u, str)] if isinstance(invite, list) else []
-    async with account.lock:
+    async with account.step(wake=True) as step:
         if encryption is not None:
-            account.machine.update_room_encryption(room_id, encryption)
+            step.machine.update_room_encryption(room_id, encryption)
         if visibility is not None and isinstance(visibility.get("history_visibility"), str):
-            account.machine.update_history_visibility(room_id, visibility["history_visibility"])
+            step.machine.update_history_visibility(room_id, visibility["history_visibility"])
         members = {account.user_id: "join", **{u: "invite" for u in invites}}
-        account.machine.update_room_members(room_id, members)
-        await account.commit()
+        step.machine.update_room_members(room_id, members)
     account.members_changed(room_id)
-    account.wake_outgoing.set()
 
 
 async def membership(request: web.Request) -> web.StreamResponse:

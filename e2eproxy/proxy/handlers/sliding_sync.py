@@ -14,10 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from e2eproxy.protocol import sliding
-from e2eproxy.proxy.engine_io import CLIENT_STREAM, process_sync
 from e2eproxy.proxy.handlers.common import forward_for_json, respond, token_info, unless_stopping
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
 from e2eproxy.proxy.handlers.passthrough import passthrough
+from e2eproxy.proxy.intake import CLIENT_STREAM, process_sync
 
 
 async def sync(request: web.Request) -> web.StreamResponse:

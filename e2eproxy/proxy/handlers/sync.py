@@ -11,7 +11,7 @@ from aiohttp import web
 from e2eproxy.protocol.filters import apply_client_filter, widen_filter
 from e2eproxy.protocol.rewrite import strip_crypto_to_device, sync_slots
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.engine_io import CLIENT_STREAM, call, process_sync
+from e2eproxy.proxy.app_keys import UPSTREAM
 from e2eproxy.proxy.handlers.common import (
     forward_for_json,
     respond,
@@ -21,7 +21,8 @@ from e2eproxy.proxy.handlers.common import (
 )
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
 from e2eproxy.proxy.handlers.passthrough import passthrough
-from e2eproxy.proxy.keys import UPSTREAM
+from e2eproxy.proxy.intake import CLIENT_STREAM, process_sync
+from e2eproxy.proxy.outgoing import call
 
 
 async def _client_filter(request: web.Request, account: Account) -> dict[str, Any] | None:

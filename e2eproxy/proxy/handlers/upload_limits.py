@@ -11,8 +11,8 @@ from aiohttp import web
 
 from e2eproxy.errors import MatrixError
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.engine_io import call
-from e2eproxy.proxy.keys import MEDIA, SERVER, UPSTREAM
+from e2eproxy.proxy.app_keys import MEDIA, SERVER, UPSTREAM
+from e2eproxy.proxy.outgoing import call
 
 UPLOAD_LIMIT_TTL_S = 3600.0
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from e2eproxy.errors import UpstreamError
-from e2eproxy.proxy.keys import SERVER, UPSTREAM
+from e2eproxy.proxy.app_keys import SERVER, UPSTREAM
 
 log = logging.getLogger(__name__)
 

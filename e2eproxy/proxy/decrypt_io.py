@@ -1,0 +1,97 @@
+"""Room events through the engine: the inbound sessions they need loaded from the store (or
+copied from the same user's other devices), decrypted in one step, and, when asked, a short wait
+for keys still on their way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
+from e2eproxy.protocol.rewrite import Slot
+from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
+from e2eproxy.types import RoomId, SessionId
+
+log = logging.getLogger(__name__)
+
+# Failures a key still on its way could fix; the others will not change by waiting.
+WAITABLE = (FailureReason.MISSING_SESSION, FailureReason.UNKNOWN_MESSAGE_INDEX)
+
+Result = Decrypted | DecryptionFailure
+
+
+async def _copy_from_siblings(account: Account, missing: list[tuple[RoomId, SessionId]]) -> None:
+    """Room keys this device lacks, from the same user's other devices in this store: a user
+    who logs in again through the proxy (a new device) keeps reading the history its earlier
+    devices could. Call inside a step."""
+    siblings = [
+        key for key in await account.store.list_accounts()
+        if key.user_id == account.user_id and key.device_id != account.device_id
+    ]
+    for sibling in siblings:
+        if await account.store.get_secret(sibling, HOMESERVER_SECRET) != account.homeserver:
+            continue  # the same user ID on another homeserver: someone else, maybe
+
+        records, _ = await account.store.load_inbound_group_sessions(sibling, missing)
+        if records:
+            added = account.machine.add_sibling_sessions(records)
+            log.debug("%d room keys copied from %s to %s", added, sibling.device_id,
+                      account.device_id)
+            missing = account.machine.missing_inbound_group_sessions(missing)
+            if not missing:
+                return
+
+
+async def _decrypt_now(account: Account, slots: list[Slot]) -> list[Result]:
+    by_room: dict[str, list[Any]] = defaultdict(list)
+    for slot in slots:
+        by_room[slot.room_id].append(slot.event)
+    async with account.step() as step:
+        machine = step.machine
+        needed = []
+        for room_id, events in by_room.items():
+            needed.extend(machine.sessions_needed(room_id, events))
+        if needed:
+            records, replays = await account.store.load_inbound_group_sessions(account.key, needed)
+            machine.load_inbound_group_sessions(records, replays)
+            missing = machine.missing_inbound_group_sessions(needed)
+            if missing:
+                await _copy_from_siblings(account, missing)
+        results = [machine.decrypt_room_event(s.room_id, s.event) for s in slots]
+    return results
+
+
+async def decrypt_slots(
+    account: Account,
+    slots: list[Slot],
+    wait_s: float = 0.0,
+    may_wait: Callable[[Slot], bool] = lambda slot: True,
+) -> list[Result]:
+    """Decrypt every slot; with `wait_s`, give keys still on their way (for the slots `may_wait`
+    accepts) that long to arrive."""
+    if not slots:
+        return []
+    results = await _decrypt_now(account, slots)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        pending = [i for i, r in enumerate(results) if _waitable(r) and may_wait(slots[i])]
+        remaining = deadline - loop.time()
+        if not pending or remaining <= 0:
+            return results
+        if not await account.wait_for_keys(remaining):
+            return results
+        retried = await _decrypt_now(account, [slots[i] for i in pending])
+        for i, result in zip(pending, retried, strict=True):
+            results[i] = result
+
+
+def _waitable(result: Result) -> bool:
+    return (
+        isinstance(result, DecryptionFailure)
+        and result.reason in WAITABLE
+        and result.withheld_code is None
+    )

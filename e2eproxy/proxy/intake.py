@@ -1,0 +1,38 @@
+"""Sync bodies into the engine: every /sync that passes the proxy (the client's and the
+background one) is applied in one step, committed with its stream's next token before the
+answer goes anywhere (its next ``since`` deletes the to-device messages on the server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2eproxy.crypto.results import SyncResult
+from e2eproxy.protocol.rewrite import sync_room_parts
+from e2eproxy.proxy.account import Account
+
+# The two sync streams fed to the engine; each keeps its own token in the store.
+CLIENT_STREAM = "client"
+BACKGROUND_STREAM = "background"
+
+
+async def process_sync(account: Account, body: dict[str, Any], stream: str) -> SyncResult:
+    """Feed a /sync body to the engine and persist it with the stream's next token."""
+    token = body.get("next_batch")
+    async with account.step(wake=True) as step:
+        result = step.machine.receive_sync(body)
+        if isinstance(token, str):
+            step.persist(sync_tokens={stream: token})
+    for room_id in membership_changes(body):
+        account.members_changed(room_id)
+    if result.room_keys:
+        await account.notify_keys()
+    return result
+
+
+def membership_changes(body: dict[str, Any]) -> set[str]:
+    """Rooms whose member list this sync changed."""
+    return {
+        room_id
+        for room_id, _, part in sync_room_parts(body, ("join",))
+        if any(isinstance(e, dict) and e.get("type") == "m.room.member" for e in part["events"])
+    }

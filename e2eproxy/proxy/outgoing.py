@@ -1,0 +1,132 @@
+"""What the engine wants sent: requests to the homeserver with the account's token (retried with
+backoff on 429 and 5xx), each answer fed back to the engine in a step, and the room key share
+that runs the engine's query -> claim -> to-device steps to the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from e2eproxy.errors import LocalProtocolError, MatrixError, UpstreamError
+from e2eproxy.protocol.api import OutgoingRequest, RequestKind
+from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+RETRY_ATTEMPTS = 4
+MAX_RETRY_DELAY_S = 10.0
+SHARE_STEPS = 6
+
+
+async def call(
+    upstream: Upstream,
+    account: Account,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    attempts: int = RETRY_ATTEMPTS,
+) -> tuple[int, Any]:
+    """A JSON request with the account's token; 429 and 5xx are retried with backoff.
+
+    Returns the last (status, body). Raises UpstreamError only if every attempt failed to connect.
+    """
+    delay = 0.5
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            status, data = await upstream.request_json(
+                method, path, access_token=account.access_token, body=body
+            )
+        except UpstreamError:
+            if last:
+                raise
+            await asyncio.sleep(delay * (1 + random.random() / 2))
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            continue
+        if status == 401 and isinstance(data, dict) and data.get("errcode") == "M_UNKNOWN_TOKEN":
+            account.token_valid.clear()
+        if (status == 429 or status >= 500) and not last:
+            wait = delay
+            if status == 429 and isinstance(data, dict):
+                retry_ms = data.get("retry_after_ms")
+                if isinstance(retry_ms, int) and retry_ms >= 0:
+                    wait = retry_ms / 1000
+            await asyncio.sleep(min(wait, MAX_RETRY_DELAY_S))
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            continue
+        return status, data
+    raise AssertionError("unreachable")
+
+
+async def send_engine_request(
+    upstream: Upstream, account: Account, request: OutgoingRequest
+) -> bool:
+    """Send one engine request and report the answer back to the engine; True on success."""
+    try:
+        if request.kind is RequestKind.KEYS_CLAIM:
+            async with account.claim_lock:
+                status, data = await call(
+                    upstream, account, request.method, request.path, request.body
+                )
+        else:
+            status, data = await call(upstream, account, request.method, request.path, request.body)
+    except UpstreamError as exc:
+        status, data = 0, {"error": exc.message}
+    ok = 200 <= status < 300 and isinstance(data, dict)
+    if not ok:
+        log.warning(
+            "%s request failed for %s: %s %s",
+            request.kind.value,
+            account.device_id,
+            status,
+            data.get("errcode") if isinstance(data, dict) else "",
+        )
+    async with account.step() as step:
+        if ok:
+            step.machine.mark_request_as_sent(request.id, data)
+        else:
+            step.machine.mark_request_as_failed(request.id, data)
+    return ok
+
+
+async def drain_outgoing(upstream: Upstream, account: Account, rounds: int = 5) -> None:
+    """Send everything the engine wants sent (one drainer per account at a time)."""
+    async with account.outgoing_lock:
+        for _ in range(rounds):
+            async with account.step() as step:
+                requests = step.machine.outgoing_requests()
+            if not requests:
+                return
+            await asyncio.gather(*(send_engine_request(upstream, account, r) for r in requests))
+
+
+async def share_room_key(
+    upstream: Upstream, account: Account, room_id: str, members: list[str]
+) -> None:
+    """Run the query -> claim -> to-device steps until the room key reached every device.
+
+    Call with the room lock held. A failed to-device batch makes the engine drop the session, so
+    nobody is left holding a key others lack; the caller gets a Matrix error to pass on.
+    """
+    for _ in range(SHARE_STEPS):
+        async with account.step() as step:
+            requests = step.machine.share_room_key(room_id, members)
+        if not requests:
+            return
+        key_steps = any(r.kind is not RequestKind.TO_DEVICE for r in requests)
+        results = await asyncio.gather(
+            *(send_engine_request(upstream, account, r) for r in requests)
+        )
+        if not key_steps:
+            if not all(results):
+                raise MatrixError(
+                    502,
+                    "M_UNKNOWN",
+                    "Could not share the room key with every device; nothing was sent. Try again.",
+                )
+            return
+    raise LocalProtocolError(f"room key sharing for {room_id} did not settle")
