@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from e2eproxy.errors import MatrixError
+from e2eproxy.errors import Forbidden
 from e2eproxy.protocol.media_fields import MediaField, fields_of, media_uris, with_plain_media
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import CONFIG, MEDIA
@@ -59,7 +59,7 @@ async def _encrypted_file(
     # On the server in plaintext already (uploaded elsewhere, or shared in an unencrypted
     # room): refused, or (if configured) an encrypted copy, never a link to the plaintext.
     if request.app[CONFIG].encryption.plaintext_files != "copy":
-        raise MatrixError(400, "M_FORBIDDEN", PLAINTEXT_FILE)
+        raise Forbidden(PLAINTEXT_FILE, status=400)
     copy = await copy_encrypted(request, account, mxc)
     if mimetype:
         copy.mimetype = mimetype
@@ -128,7 +128,7 @@ async def publish_plain_references(
             if known is None:
                 continue  # on the server in plaintext already, or not ours to change
             if plain_room is None or not await plain_room():
-                raise MatrixError(403, "M_FORBIDDEN", DECRYPTED_FILE)
+                raise Forbidden(DECRYPTED_FILE)
             final = await copy_plain(request, account, known)
         if final != mxc:
             replaced[mxc] = final

@@ -9,7 +9,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
-from e2eproxy.errors import E2EProxyError, MatrixError, StoreLocked, UpstreamError
+from e2eproxy.errors import (
+    E2EProxyError,
+    Forbidden,
+    HomeserverFailed,
+    InternalError,
+    MatrixError,
+    StoreLocked,
+    TooLarge,
+    Unavailable,
+    Unrecognized,
+    UpstreamError,
+)
 from e2eproxy.proxy.app_keys import HOST_NAMES, SERVER
 from e2eproxy.proxy.targets import host_allowed, merged_slashes, target_problem
 
@@ -25,8 +36,8 @@ def loggable_path(request: web.Request) -> str:
     return request.path
 
 
-def matrix_error(status: int, errcode: str, message: str) -> web.Response:
-    return web.json_response({"errcode": errcode, "error": message}, status=status)
+def matrix_error(error: MatrixError) -> web.Response:
+    return web.json_response(error.to_json(), status=error.status)
 
 
 @web.middleware
@@ -34,26 +45,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except MatrixError as exc:
-        return web.json_response(exc.to_json(), status=exc.status)
+        return matrix_error(exc)
     except UpstreamError as exc:
         log.warning("%s %s: %s", request.method, loggable_path(request), exc.message)
-        return matrix_error(exc.status, "M_UNKNOWN", exc.message)
+        return matrix_error(HomeserverFailed(exc.message, status=exc.status))
     except StoreLocked as exc:
-        return matrix_error(503, "M_UNKNOWN", f"e2eproxy: {exc}")
+        return matrix_error(Unavailable(f"e2eproxy: {exc}"))
     except E2EProxyError as exc:
         log.error("%s %s: %s", request.method, loggable_path(request), exc)
-        return matrix_error(500, "M_UNKNOWN", f"e2eproxy: {exc}")
+        return matrix_error(InternalError(f"e2eproxy: {exc}"))
     except web.HTTPRequestEntityTooLarge as exc:  # a body over max_json_body
-        return matrix_error(413, "M_TOO_LARGE", f"e2eproxy: {exc.text}")
+        return matrix_error(TooLarge(f"e2eproxy: {exc.text}"))
     except web.HTTPNotFound:
-        return matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request")
+        return matrix_error(Unrecognized("Unrecognized request", status=404))
     except web.HTTPMethodNotAllowed:
-        return matrix_error(405, "M_UNRECOGNIZED", "Unrecognized request")
+        return matrix_error(Unrecognized("Unrecognized request", status=405))
     except web.HTTPException:
         raise
     except Exception:
         log.exception("Internal error handling %s %s", request.method, loggable_path(request))
-        return matrix_error(500, "M_UNKNOWN", "Internal error in e2eproxy")
+        return matrix_error(InternalError("Internal error in e2eproxy"))
 
 
 @web.middleware
@@ -66,11 +77,11 @@ async def target_guard_middleware(request: web.Request, handler: Handler) -> web
     if problem is None and await _routed_elsewhere_when_merged(request):
         problem = "empty path segments that would change which endpoint this is"
     if problem is not None:
-        return matrix_error(400, "M_UNRECOGNIZED", f"e2eproxy: {problem}")
+        return matrix_error(Unrecognized(f"e2eproxy: {problem}"))
     if not host_allowed(request.headers.get("Host"), request.app[HOST_NAMES]):
         # A web page whose domain was made to resolve to this address (DNS rebinding).
         return matrix_error(
-            403, "M_FORBIDDEN", "e2eproxy: this Host is not served here (see allowed_hosts)"
+            Forbidden("e2eproxy: this Host is not served here (see allowed_hosts)")
         )
     return await handler(request)
 

@@ -9,7 +9,7 @@ import logging
 import random
 from typing import Any
 
-from e2eproxy.errors import LocalProtocolError, MatrixError, UpstreamError
+from e2eproxy.errors import HomeserverFailed, LocalProtocolError, UpstreamError, token_refused
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.upstream import Upstream
@@ -47,7 +47,7 @@ async def call(
             await asyncio.sleep(delay * (1 + random.random() / 2))
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
             continue
-        if status == 401 and isinstance(data, dict) and data.get("errcode") == "M_UNKNOWN_TOKEN":
+        if token_refused(status, data):
             account.token_valid.clear()
         if (status == 429 or status >= 500) and not last:
             wait = delay
@@ -123,9 +123,7 @@ async def share_room_key(
         )
         if not key_steps:
             if not all(results):
-                raise MatrixError(
-                    502,
-                    "M_UNKNOWN",
+                raise HomeserverFailed(
                     "Could not share the room key with every device; nothing was sent. Try again.",
                 )
             return

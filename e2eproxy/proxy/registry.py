@@ -18,7 +18,7 @@ from e2eproxy.config import DEFAULT_MAX_ACCOUNTS
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
-from e2eproxy.errors import MatrixError, StoreLocked, UpstreamError
+from e2eproxy.errors import HomeserverFailed, MatrixError, StoreLocked, UpstreamError
 from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.proxy.worker import start_worker, stop_worker
@@ -250,7 +250,7 @@ class AccountRegistry:
             body={"device_keys": {user_id: [device_id]}},
         )
         if status != 200 or not isinstance(body, dict):
-            raise MatrixError(502, "M_UNKNOWN", "Could not check this device's keys on the server")
+            raise HomeserverFailed("Could not check this device's keys on the server")
         devices = body.get("device_keys", {}).get(user_id, {})
         return isinstance(devices, dict) and device_id in devices
 
@@ -275,7 +275,9 @@ class AccountRegistry:
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("user_id"), str):
             self.tokens.pop(token, None)
             if isinstance(body, dict) and isinstance(body.get("errcode"), str):
-                raise MatrixError(status, body["errcode"], str(body.get("error", "")))
+                raise MatrixError(
+                    str(body.get("error", "")), status=status, errcode=body["errcode"]
+                )
             raise UpstreamError(502, "The homeserver could not identify this access token")
         device_id = body.get("device_id")
         return body["user_id"], device_id if isinstance(device_id, str) else None

@@ -12,7 +12,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from e2eproxy.errors import MatrixError, UpstreamError
+from e2eproxy.errors import Unrecognized, UpstreamError
 from e2eproxy.proxy.targets import target_problem
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Upstream:
         """
         problem = target_problem(raw_path_and_query)
         if problem is not None:
-            raise MatrixError(400, "M_UNRECOGNIZED", f"e2eproxy: {problem}")
+            raise Unrecognized(f"e2eproxy: {problem}")
         path, _, query = raw_path_and_query.partition("?")
         base = self.base_url
         url = URL.build(
@@ -140,7 +140,7 @@ class Upstream:
             encoded=True,
         )
         if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-            raise MatrixError(400, "M_UNRECOGNIZED", "e2eproxy: request target names another host")
+            raise Unrecognized("e2eproxy: request target names another host")
         return url
 
     def timeout_for(self, extra_ms: float = 0.0) -> aiohttp.ClientTimeout:

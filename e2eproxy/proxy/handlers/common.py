@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 from multidict import CIMultiDict
 
-from e2eproxy.errors import MatrixError
+from e2eproxy.errors import Forbidden, MatrixError, MissingToken, Unrecognized, token_refused
 from e2eproxy.proxy.app_keys import REGISTRY, STOPPING, UPSTREAM
 from e2eproxy.proxy.registry import TokenInfo, token_of
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
@@ -70,7 +70,7 @@ async def forward_for_json(
             data = json.loads(raw)
         except ValueError:
             data = None
-    if status == 401 and isinstance(data, dict) and data.get("errcode") == "M_UNKNOWN_TOKEN":
+    if token_refused(status, data):
         token = token_of(request)
         if token:
             request.app[REGISTRY].forget_token(token)
@@ -97,8 +97,8 @@ def refuse_encoded_body(request: web.Request) -> None:
     the endpoints whose bodies it reads take them uncompressed only."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise MatrixError(
-            415, "M_UNRECOGNIZED", "e2eproxy does not accept a compressed request body here"
+        raise Unrecognized(
+            "e2eproxy does not accept a compressed request body here", status=415
         )
 
 
@@ -114,7 +114,7 @@ def require_token(request: web.Request) -> str:
     the proxy cannot tell whose request it would be handling without one."""
     token = token_of(request)
     if token is None:
-        raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
+        raise MissingToken("Missing access token")
     return token
 
 
@@ -123,14 +123,7 @@ async def token_info(request: web.Request) -> TokenInfo | None:
 
 
 def refuse(info: TokenInfo) -> MatrixError:
-    return MatrixError(403, "M_FORBIDDEN", info.refusal or "No encryption for this token")
-
-
-def server_error(status: int, body: Any, fallback: str) -> MatrixError:
-    """The homeserver's own error for the client when it gave one, else a 502 saying `fallback`."""
-    if isinstance(body, dict) and isinstance(body.get("errcode"), str):
-        return MatrixError(status, body["errcode"], str(body.get("error", fallback)))
-    return MatrixError(502, "M_UNKNOWN", fallback)
+    return Forbidden(info.refusal or "No encryption for this token")
 
 
 async def unless_stopping(request: web.Request, work: Awaitable[T]) -> T | None:

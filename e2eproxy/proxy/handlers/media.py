@@ -14,7 +14,17 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from e2eproxy.errors import MatrixError, UpstreamError
+from e2eproxy.errors import (
+    BadRequest,
+    CannotOverwriteMedia,
+    Errcode,
+    Forbidden,
+    HomeserverFailed,
+    NotFound,
+    Unrecognized,
+    UpstreamError,
+    homeserver_error,
+)
 from e2eproxy.protocol.attachments import (
     AttachmentError,
     HashCheck,
@@ -26,7 +36,6 @@ from e2eproxy.proxy.handlers.common import (
     refuse,
     refuse_encoded_body,
     require_token,
-    server_error,
     token_info,
 )
 from e2eproxy.proxy.handlers.passthrough import passthrough
@@ -53,10 +62,10 @@ async def _reserve(request: web.Request, account: Account) -> tuple[str, bool]:
     if status == 200 and isinstance(body, dict) and isinstance(body.get("content_uri"), str):
         return body["content_uri"], False
     unsupported = status in (404, 405) or (
-        isinstance(body, dict) and body.get("errcode") == "M_UNRECOGNIZED"
+        isinstance(body, dict) and body.get("errcode") == Errcode.UNRECOGNIZED
     )
     if not unsupported:
-        raise server_error(status, body, "The homeserver refused to reserve a media id")
+        raise homeserver_error(status, body, "The homeserver refused to reserve a media id")
     server_name = account.user_id.split(":", 1)[1]
     return f"mxc://{server_name}/e2eproxy_{secrets.token_hex(12)}", True
 
@@ -79,18 +88,14 @@ async def upload(request: web.Request) -> web.StreamResponse:
 
 
 async def unknown_upload(request: web.Request) -> web.StreamResponse:
-    raise MatrixError(
-        400,
-        "M_UNRECOGNIZED",
+    raise Unrecognized(
         "e2eproxy does not forward this form of upload (the file could reach the server in "
         "plaintext); use POST /_matrix/media/v3/upload",
     )
 
 
 async def no_preview(request: web.Request) -> web.StreamResponse:
-    raise MatrixError(
-        403,
-        "M_FORBIDDEN",
+    raise Forbidden(
         "e2eproxy does not ask the server for URL previews: the links may come from encrypted "
         "rooms",
     )
@@ -104,7 +109,7 @@ async def upload_to(request: web.Request) -> web.StreamResponse:
     mxc = f"mxc://{request.match_info['server']}/{request.match_info['media_id']}"
     media = request.app[MEDIA].of(account)
     if await media.get_pending(mxc) is not None or await media.known(mxc) is not None:
-        raise MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media ID already has content")
+        raise CannotOverwriteMedia("Media ID already has content")
     limit = await check_size(request, account)
     await _hold(request, account, mxc, limit)
     return web.json_response({})
@@ -170,7 +175,7 @@ async def publish(
             return uri if pending.placeholder and isinstance(uri, str) else pending.mxc
         if status < 500 and status != 429:
             break
-    raise server_error(status, data, "The homeserver refused the file; nothing was sent")
+    raise homeserver_error(status, data, "The homeserver refused the file; nothing was sent")
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -206,15 +211,15 @@ async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.Strea
     try:
         url, key = parse_encrypted_file(known.file)
     except AttachmentError as exc:
-        raise MatrixError(502, "M_UNKNOWN", f"Cannot decrypt this file: {exc}") from exc
+        raise HomeserverFailed(f"Cannot decrypt this file: {exc}") from exc
     spool = request.app[MEDIA].spool
     name = spool.new_name()
     check = HashCheck(key)
     try:  # the spool file goes in every case, a download that failed half-way included
         size = await _fetch_ciphertext(request, url, spool.path(name), check.update)
         if not check.ok():
-            raise MatrixError(
-                502, "M_UNKNOWN", "The file failed its integrity check (sha256); it was not served"
+            raise HomeserverFailed(
+                "The file failed its integrity check (sha256); it was not served"
             )
         filename = request.match_info.get("filename") or known.filename
         return await _serve(
@@ -231,15 +236,15 @@ async def copy_plain(request: web.Request, account: Account, known: KnownMedia) 
     try:
         url, key = parse_encrypted_file(known.file)
     except AttachmentError as exc:
-        raise MatrixError(400, "M_UNKNOWN", f"Cannot decrypt this file: {exc}") from exc
+        raise BadRequest(f"Cannot decrypt this file: {exc}") from exc
     service = request.app[MEDIA]
     name = service.spool.new_name()
     check = HashCheck(key)
     try:
         size = await _fetch_ciphertext(request, url, service.spool.path(name), check.update)
         if not check.ok():
-            raise MatrixError(
-                502, "M_UNKNOWN", "The file failed its integrity check (sha256); nothing was sent"
+            raise HomeserverFailed(
+                "The file failed its integrity check (sha256); nothing was sent"
             )
         # The spool copy is the ciphertext and the event's key decrypts it: published in
         # plaintext like any held upload, to a new id from a plain upload.
@@ -272,11 +277,11 @@ async def _download(
         async with upstream.open("GET", path, headers) as response:
             if response.status == 404 and path.startswith("/_matrix/client/v1"):
                 body = await response.read()
-                if b"M_UNRECOGNIZED" in body:
+                if Errcode.UNRECOGNIZED.encode() in body:
                     continue  # no authenticated media on this server: try the legacy API
-                raise server_error(404, _json(body), "The file is not on the server")
+                raise homeserver_error(404, _json(body), "The file is not on the server")
             if response.status != 200:
-                raise server_error(
+                raise homeserver_error(
                     response.status,
                     _json(await response.read()),
                     "The homeserver could not serve the file",
@@ -288,7 +293,7 @@ async def _download(
             except TimeoutError as exc:
                 raise UpstreamError(504, "The homeserver stalled during the file download") from exc
             return
-    raise MatrixError(404, "M_NOT_FOUND", "The file is not on the server")
+    raise NotFound("The file is not on the server")
 
 
 async def _fetch_ciphertext(

@@ -15,7 +15,16 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
 
-from e2eproxy.errors import LocalProtocolError, MatrixError
+from e2eproxy.errors import (
+    BadJson,
+    BadRequest,
+    Conflict,
+    Errcode,
+    LocalProtocolError,
+    NotJson,
+    Unrecognized,
+    homeserver_error,
+)
 from e2eproxy.protocol.media_fields import AVATAR_URL_FIELDS, fields_of
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import REGISTRY, UPSTREAM
@@ -25,7 +34,6 @@ from e2eproxy.proxy.handlers.common import (
     refuse,
     require_token,
     respond,
-    server_error,
     token_info,
 )
 from e2eproxy.proxy.handlers.passthrough import passthrough
@@ -48,7 +56,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 def _no_such_state(status: int, body: Any) -> bool:
     """The server's own "this room has no such state event": nothing else means "plain" (a 404
     from a proxy in between, or an endpoint it does not know, is doubt)."""
-    return status == 404 and isinstance(body, dict) and body.get("errcode") == "M_NOT_FOUND"
+    return status == 404 and isinstance(body, dict) and body.get("errcode") == Errcode.NOT_FOUND
 
 
 async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) -> bool:
@@ -62,15 +70,13 @@ async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) 
         # send the next message in the clear. One GET per plain send is the price.
         return False
     if status != 200 or not isinstance(body, dict):
-        raise server_error(
+        raise homeserver_error(
             status, body, "Could not tell whether the room is encrypted; nothing was sent"
         )
     async with account.step() as step:
         step.machine.update_room_encryption(room_id, body)
     if not account.machine.is_room_encrypted(room_id):
-        raise MatrixError(
-            400,
-            "M_UNKNOWN",
+        raise BadRequest(
             "The room uses an encryption algorithm e2eproxy does not support; nothing was sent",
         )
     return True
@@ -85,7 +91,7 @@ async def room_members(upstream: Upstream, account: Account, room_id: str) -> li
     status, body = await call(upstream, account, "GET", path, attempts=2)
     chunk = body.get("chunk") if isinstance(body, dict) else None
     if status != 200 or not isinstance(chunk, list):
-        raise server_error(status, body, "Could not list the room's members; nothing was sent")
+        raise homeserver_error(status, body, "Could not list the room's members; nothing was sent")
     memberships = {
         e["state_key"]: e["content"]["membership"]
         for e in chunk
@@ -152,7 +158,7 @@ async def _send_encrypted(
         path += f"?{urlencode(query)}"
     status, body = await call(upstream, account, "PUT", path, encrypted)
     if not isinstance(body, dict):  # an HTML error page, a cut answer: never a bare `null`
-        raise server_error(status, body, "The homeserver gave no answer to the send")
+        raise homeserver_error(status, body, "The homeserver gave no answer to the send")
     if status == 200:
         # Not awaited: the ciphertext is already stored under the txn, so losing this write
         # only means a retry resends it and the server's own txn dedup answers.
@@ -165,9 +171,7 @@ async def _send_encrypted(
 
 
 async def unknown_send(request: web.Request) -> web.StreamResponse:
-    raise MatrixError(
-        400,
-        "M_UNRECOGNIZED",
+    raise Unrecognized(
         "e2eproxy does not forward this form of room send (it could leak plaintext into an "
         "encrypted room); use PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}",
     )
@@ -183,7 +187,7 @@ async def send(request: web.Request) -> web.StreamResponse:
     # from a form-encoded body (which can be JSON as well), for an account we would not know.
     require_token(request)
     if request.content_type in FORM_TYPES:
-        raise MatrixError(400, "M_NOT_JSON", "A room event is JSON, not a form")
+        raise NotJson("A room event is JSON, not a form")
     info = await token_info(request)
     if info is None or event_type == "m.room.encrypted":
         return await passthrough(request)  # already encrypted: the client did it itself
@@ -191,9 +195,9 @@ async def send(request: web.Request) -> web.StreamResponse:
     try:
         content = json.loads(raw)
     except ValueError:
-        raise MatrixError(400, "M_NOT_JSON", "Content not JSON.") from None
+        raise NotJson("Content not JSON.") from None
     if not isinstance(content, dict):
-        raise MatrixError(400, "M_BAD_JSON", "Content must be a JSON object.")
+        raise BadJson("Content must be a JSON object.")
     if info.account is None:
         return await _send_without_keys(request, info, room_id, raw)
     account = info.account
@@ -206,8 +210,8 @@ async def send(request: web.Request) -> web.StreamResponse:
         )
         if plain is not content and account.machine.is_room_encrypted(room_id):
             # Publishing files took a while, and a sync meanwhile showed encryption switched on.
-            raise MatrixError(
-                409, "M_UNKNOWN", "The room became encrypted while sending; nothing was sent"
+            raise Conflict(
+                "The room became encrypted while sending; nothing was sent"
             )
         answer = await forward_for_json(
             request, body=_encode(plain) if plain is not content else raw
@@ -236,7 +240,7 @@ async def _send_without_keys(
     if status == 200:
         raise refuse(info)
     if not _no_such_state(status, body):
-        raise server_error(status, body, "Could not tell whether the room is encrypted")
+        raise homeserver_error(status, body, "Could not tell whether the room is encrypted")
     return respond(await forward_for_json(request, body=raw))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from e2eproxy.errors import Unavailable
 from e2eproxy.protocol import sliding
 from e2eproxy.proxy.handlers.common import forward_for_json, respond, token_info, unless_stopping
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
@@ -37,9 +38,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     with polling:
         answer = await unless_stopping(request, forward_for_json(request, body=raw))
     if answer is None:
-        return web.json_response(
-            {"errcode": "M_UNKNOWN", "error": "e2eproxy is restarting; try again"}, status=503
-        )
+        raise Unavailable("e2eproxy is restarting; try again")
     body = answer.data
     if answer.status != 200 or not isinstance(body, dict):
         return respond(answer)

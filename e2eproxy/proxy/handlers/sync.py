@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from e2eproxy.errors import Unavailable
 from e2eproxy.protocol.filters import apply_client_filter, widen_filter
 from e2eproxy.protocol.rewrite import strip_crypto_to_device, sync_slots
 from e2eproxy.proxy.account import Account
@@ -52,9 +53,7 @@ def _stopping_answer(request: web.Request) -> web.Response:
     since = request.query.get("since")
     if since:
         return web.json_response({"next_batch": since})
-    return web.json_response(
-        {"errcode": "M_UNKNOWN", "error": "e2eproxy is restarting; try again"}, status=503
-    )
+    raise Unavailable("e2eproxy is restarting; try again")
 
 
 async def sync(request: web.Request) -> web.StreamResponse:

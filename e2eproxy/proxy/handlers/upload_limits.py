@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from e2eproxy.errors import MatrixError
+from e2eproxy.errors import MatrixError, TooLarge
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import MEDIA, SERVER, UPSTREAM
 from e2eproxy.proxy.outgoing import call
@@ -40,7 +40,7 @@ async def _server_limit(request: web.Request, account: Account) -> int | None:
 
 
 def too_large(limit: int) -> MatrixError:
-    return MatrixError(413, "M_TOO_LARGE", f"Cannot upload files larger than {limit} bytes")
+    return TooLarge(f"Cannot upload files larger than {limit} bytes")
 
 
 async def within(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
