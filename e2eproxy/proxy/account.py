@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.store import AccountKey, Store
+from e2eproxy.timing import SystemTimer, Timer
 
 # A member list fetched from the server is trusted this long unless a membership event or a
 # membership request through the proxy makes it stale first.
@@ -72,6 +72,8 @@ class Account:
     access_token: str
     # The homeserver URL it belongs to (HOMESERVER_SECRET in the store).
     homeserver: str = ""
+    # The shell's time: token and member caches, retries, backoffs, the lease renewal.
+    timer: Timer = field(default_factory=SystemTimer)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     outgoing_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -159,12 +161,12 @@ class Account:
 
     def cached_members(self, room_id: str) -> list[str] | None:
         entry = self.members.get(room_id)
-        if entry is None or time.monotonic() - entry[0] > MEMBERS_TTL_S:
+        if entry is None or self.timer.monotonic() - entry[0] > MEMBERS_TTL_S:
             return None
         return entry[1]
 
     def set_members(self, room_id: str, members: list[str]) -> None:
-        self.members[room_id] = (time.monotonic(), members)
+        self.members[room_id] = (self.timer.monotonic(), members)
 
     def members_changed(self, room_id: str) -> None:
         self.members.pop(room_id, None)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
-from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.proxy.app_keys import CONFIG, HOST_NAMES, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
@@ -24,7 +23,7 @@ from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.targets import allowed_host_names
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import Store, open_store
-from e2eproxy.store.records import SystemClock
+from e2eproxy.timing import SystemTimer, Timer
 
 STRATEGIES = {
     "all": SharingStrategy.ALL_EXCEPT_BLACKLISTED,
@@ -37,10 +36,10 @@ def create_app(
     config: Config,
     *,
     store: Store | None = None,
-    clock: Clock | None = None,
+    timer: Timer | None = None,
 ) -> web.Application:
     """The proxy for one homeserver. Without `store`, the app opens (and closes) the one the
-    configuration describes."""
+    configuration describes; `timer` is the time its accounts and their engines see."""
     app = web.Application(
         middlewares=[request_log_middleware, errors_middleware, target_guard_middleware],
         # Bodies the proxy reads whole are bounded; the ones it passes on stream, as sent.
@@ -72,7 +71,7 @@ def create_app(
         registry = AccountRegistry(
             upstream,
             opened,
-            clock or SystemClock(),
+            timer or SystemTimer(),
             STRATEGIES[config.encryption.share_strategy],
             server_name=server.server_name,
             max_accounts=server.max_accounts,

@@ -44,7 +44,7 @@ async def call(
         except UpstreamError:
             if last:
                 raise
-            await asyncio.sleep(delay * (1 + random.random() / 2))
+            await account.timer.sleep(delay * (1 + random.random() / 2))
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
             continue
         if token_refused(status, data):
@@ -55,7 +55,7 @@ async def call(
                 retry_ms = data.get("retry_after_ms")
                 if isinstance(retry_ms, int) and retry_ms >= 0:
                     wait = retry_ms / 1000
-            await asyncio.sleep(min(wait, MAX_RETRY_DELAY_S))
+            await account.timer.sleep(min(wait, MAX_RETRY_DELAY_S))
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
             continue
         return status, data

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from e2eproxy.config import DEFAULT_MAX_ACCOUNTS
-from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.errors import HomeserverFailed, MatrixError, StoreLocked, UpstreamError
@@ -23,6 +21,7 @@ from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.proxy.worker import start_worker, stop_worker
 from e2eproxy.store import LEASE_MS, AccountKey, Store
+from e2eproxy.timing import Timer
 from e2eproxy.types import DeviceId, UserId
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class AccountRegistry:
         self,
         upstream: Upstream,
         store: Store,
-        clock: Clock,
+        timer: Timer,
         strategy: SharingStrategy,
         *,
         server_name: str | None = None,
@@ -84,7 +83,7 @@ class AccountRegistry:
         self.upstream = upstream
         self.homeserver = str(upstream.base_url)
         self.store = store
-        self.clock = clock
+        self.timer = timer
         self.strategy = strategy
         # Users of other servers are never given keys here: configured, or else pinned by the
         # first account the homeserver itself confirmed (or found in the store).
@@ -132,14 +131,14 @@ class AccountRegistry:
         if snapshot is None:  # logged out meanwhile
             await self.store.release_lease(key)
             return None
-        machine = OlmMachine.restore(key.user_id, key.device_id, self.clock, snapshot)
+        machine = OlmMachine.restore(key.user_id, key.device_id, self.timer, snapshot)
         return self._activate(key, machine, token)
 
     def _activate(self, key: AccountKey, machine: OlmMachine, token: str) -> Account:
         machine.set_sharing_strategy(self.strategy)
         account = Account(
             key=key, machine=machine, store=self.store, access_token=token,
-            homeserver=self.homeserver,
+            homeserver=self.homeserver, timer=self.timer,
         )
         self.accounts[key] = account
         start_worker(self.upstream, account)
@@ -147,10 +146,10 @@ class AccountRegistry:
 
     async def _create(self, key: AccountKey, token: str) -> Account:
         await self.store.acquire_lease(key, wait_ms=LEASE_WAIT_MS)
-        machine = OlmMachine(key.user_id, key.device_id, self.clock)
+        machine = OlmMachine(key.user_id, key.device_id, self.timer)
         account = Account(
             key=key, machine=machine, store=self.store, access_token=token,
-            homeserver=self.homeserver,
+            homeserver=self.homeserver, timer=self.timer,
         )
         # The identity is saved before its keys are uploaded: keys uploaded and then lost
         # would brick the device id for good.
@@ -201,7 +200,8 @@ class AccountRegistry:
                 log.warning("Not holding keys for %s: not a user of %s", user_id,
                             self.server_name)
                 account, refusal = None, OTHER_SERVER
-        info = TokenInfo(user_id, device_id, account, refusal, time.monotonic() + TOKEN_TTL_S)
+        expires = self.timer.monotonic() + TOKEN_TTL_S
+        info = TokenInfo(user_id, device_id, account, refusal, expires)
         self._remember(token, info)
         return info
 
@@ -237,7 +237,7 @@ class AccountRegistry:
         # Refreshed tokens are never asked for again: sweep the expired ones now and then, or a
         # proxy running for months would keep every token it ever saw.
         if len(self.tokens) >= TOKEN_SWEEP_AT:
-            now = time.monotonic()
+            now = self.timer.monotonic()
             for old in [t for t, i in self.tokens.items() if i.expires <= now]:
                 del self.tokens[old]
         self.tokens[token] = info
@@ -285,11 +285,12 @@ class AccountRegistry:
     async def resolve(self, token: str) -> TokenInfo:
         """The device behind a token; asks /account/whoami once per TTL."""
         info = self.tokens.get(token)
-        if info is not None and info.expires > time.monotonic():
+        if info is not None and info.expires > self.timer.monotonic():
             return info
         user_id, device_id = await self.whoami(token)
         if device_id is None:
-            info = TokenInfo(user_id, None, None, NO_DEVICE, time.monotonic() + TOKEN_TTL_S)
+            expires = self.timer.monotonic() + TOKEN_TTL_S
+            info = TokenInfo(user_id, None, None, NO_DEVICE, expires)
             self._remember(token, info)
             return info
         return await self.attach(user_id, device_id, token)

@@ -102,7 +102,7 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         # While the client long-polls, its syncs feed the engine: polling too would double the
         # homeserver's work for every event. Resume once it has been quiet for a moment.
         await account.client_idle.wait()
-        await asyncio.sleep(CLIENT_GRACE_S)
+        await account.timer.sleep(CLIENT_GRACE_S)
         if not account.client_idle.is_set():
             continue
         if not since and borrow_client_token:
@@ -125,7 +125,7 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
                     "Background sync for %s: could not apply a sync; retrying in %.0f s",
                     account.device_id, backoff,
                 )
-                await asyncio.sleep(backoff)
+                await account.timer.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             since = body["next_batch"]
@@ -154,7 +154,7 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
             status,
             backoff,
         )
-        await asyncio.sleep(backoff)
+        await account.timer.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
@@ -169,12 +169,12 @@ async def _outgoing_loop(upstream: Upstream, account: Account) -> None:
             await drain_outgoing(upstream, account)
         except Exception:
             log.exception("Sending crypto requests for %s failed", account.device_id)
-            await asyncio.sleep(5)
+            await account.timer.sleep(5)
 
 
 async def _lease_loop(account: Account) -> None:
     while True:
-        await asyncio.sleep(RENEW_EVERY_MS / 1000)
+        await account.timer.sleep(RENEW_EVERY_MS / 1000)
         try:
             await account.store.renew_lease(account.key)
         except StoreLocked:

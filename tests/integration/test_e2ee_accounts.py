@@ -247,20 +247,21 @@ async def test_restart_on_the_same_store_keeps_devices_tokens_and_history(
 
 def test_expired_tokens_are_swept_not_kept_forever() -> None:
     """Refresh tokens rotate every few minutes: the registry must not keep every one it saw."""
-    import time
     from types import SimpleNamespace
     from typing import cast
 
     from e2eproxy.crypto.settings import SharingStrategy
     from e2eproxy.proxy.registry import TOKEN_SWEEP_AT, AccountRegistry, TokenInfo
+    from tests.support.timing import ManualTimer
 
+    timer = ManualTimer()
     upstream = cast(Any, SimpleNamespace(base_url="http://hs.test"))
-    registry = AccountRegistry(upstream, cast(Any, None), cast(Any, None),
+    registry = AccountRegistry(upstream, cast(Any, None), timer,
                                SharingStrategy.ALL_EXCEPT_BLACKLISTED)
-    expired = time.monotonic() - 1
+    expired = timer.monotonic() - 1
     for number in range(TOKEN_SWEEP_AT):
         registry._remember(f"old{number}", TokenInfo("@u:hs", None, None, None, expired))
-    live = TokenInfo("@u:hs", None, None, None, time.monotonic() + 600)
+    live = TokenInfo("@u:hs", None, None, None, timer.monotonic() + 600)
     registry._remember("live", live)
     registry._remember("newer", live)
     assert registry.tokens == {"live": live, "newer": live}
