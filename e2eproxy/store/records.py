@@ -19,11 +19,9 @@ from e2eproxy.crypto.changes import (
     EngineSnapshot,
     InboundGroupSessionRecord,
     ReplayRecord,
-    RoomRecord,
-    WithheldRecord,
 )
 from e2eproxy.crypto.clock import Clock
-from e2eproxy.store import codec
+from e2eproxy.store import codec, kinds
 from e2eproxy.store import txn as t
 from e2eproxy.store.base import (
     SNAPSHOT_TO_DEVICE_HASHES,
@@ -36,7 +34,6 @@ from e2eproxy.store.leases import LeaseKeeper
 from e2eproxy.types import RoomId, SessionId
 
 T = TypeVar("T")
-_SNAPSHOT_KINDS = (t.OLM, t.OUTBOUND, t.DEVICE, t.USER, t.ROOM, t.WITHHELD, t.REQUEST)
 
 
 class Backend(Protocol):
@@ -125,17 +122,15 @@ class RecordStore:
             return None
         key = self._backend.pickle_key
         loads = codec.loads
-        return EngineSnapshot(
+        snapshot = EngineSnapshot(
             account=codec.account_from(loads(raw[t.ACCOUNT][0]), key),
-            olm_sessions=[codec.olm_from(loads(v), key) for v in raw[t.OLM]],
-            outbound_group_sessions=[codec.outbound_from(loads(v), key) for v in raw[t.OUTBOUND]],
-            devices=[codec.device_from(loads(v)) for v in raw[t.DEVICE]],
-            tracked_users=[codec.tracked_from(loads(v)) for v in raw[t.USER]],
-            rooms=[codec.plain_from(RoomRecord, loads(v)) for v in raw[t.ROOM]],
-            withheld=[codec.plain_from(WithheldRecord, loads(v)) for v in raw[t.WITHHELD]],
-            pending_requests=[codec.request_from(loads(v)) for v in raw[t.REQUEST]],
             to_device_hashes=[loads(v)["h"] for v in raw[t.TO_DEVICE]],
         )
+        for kind in kinds.SNAPSHOT_KINDS:
+            assert kind.snapshot is not None
+            records = [kind.decode(loads(value), key) for value in raw[kind.row]]
+            setattr(snapshot, kind.snapshot, records)
+        return snapshot
 
     async def load_inbound_group_sessions(
         self, account: AccountKey, ids: Sequence[tuple[RoomId, SessionId]]
@@ -143,8 +138,8 @@ class RecordStore:
         wanted = list(dict.fromkeys(ids))
         found, replays = await self._backend.run(lambda txn: _read_inbound(txn, account, wanted))
         key = self._backend.pickle_key
-        sessions = [codec.inbound_from(codec.loads(v), key) for v in found]
-        return sessions, [codec.plain_from(ReplayRecord, codec.loads(v)) for v in replays]
+        sessions = [kinds.INBOUND.decode(codec.loads(v), key) for v in found]
+        return sessions, [kinds.REPLAY.decode(codec.loads(v), key) for v in replays]
 
     async def count_inbound_group_sessions(self, account: AccountKey) -> int:
         def count(txn: t.Txn) -> int:
@@ -165,7 +160,7 @@ class RecordStore:
             if not rows:
                 return
             position = rows[-1][0]
-            yield [codec.inbound_from(codec.loads(value), key) for _, value in rows]
+            yield [kinds.INBOUND.decode(codec.loads(value), key) for _, value in rows]
 
     async def get_sync_token(self, account: AccountKey, stream: str) -> str | None:
         value = await self._get(account, t.SYNC_TOKEN, (stream,))
@@ -219,7 +214,7 @@ def _read_snapshot(txn: t.Txn, account: AccountKey) -> dict[str, list[bytes]] | 
     state = txn.get(acct, t.ACCOUNT, ())
     if state is None:
         return None
-    raw = {kind: [v for _, v in txn.scan(acct, kind)] for kind in _SNAPSHOT_KINDS}
+    raw = {kind.row: [v for _, v in txn.scan(acct, kind.row)] for kind in kinds.SNAPSHOT_KINDS}
     raw[t.ACCOUNT] = [state]
     recent = txn.scan(acct, t.TO_DEVICE, newest_first=True, limit=SNAPSHOT_TO_DEVICE_HASHES)
     raw[t.TO_DEVICE] = [v for _, v in reversed(recent)]

@@ -16,25 +16,21 @@ from typing import Any, Protocol
 
 from e2eproxy.crypto.changes import Changes
 from e2eproxy.errors import StoreLocked
-from e2eproxy.store import codec
+from e2eproxy.store import codec, kinds
 from e2eproxy.store.base import AccountKey
 
 Key = tuple[str, ...]
 
+# Rows that are not engine records of a registered kind (see ``kinds`` for those).
 ACCOUNT = "account"
-OLM = "olm"
-INBOUND = "igs"
-OUTBOUND = "ogs"
-DEVICE = "device"
-USER = "user"
-ROOM = "room"
-REPLAY = "replay"
 TO_DEVICE = "todevice"
-WITHHELD = "withheld"
-REQUEST = "request"
 SYNC_TOKEN = "sync"
 TXN = "txn"
 SECRET = "secret"
+INBOUND = kinds.INBOUND.row
+REPLAY = kinds.REPLAY.row
+OUTBOUND = kinds.OUTBOUND.row
+REQUEST = kinds.REQUEST.row
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +107,6 @@ class Txn(Protocol):
     def lease_put(self, account: AccountKey, row: LeaseRow | None) -> None: ...
 
 
-def inbound_rank(first_known_index: int, imported: bool) -> int:
-    """Lower is better: the earlier index wins; at equal index, direct beats imported."""
-    return first_known_index * 2 + (1 if imported else 0)
-
-
 def plan_changes(
     changes: Changes,
     pickle_key: bytes,
@@ -128,55 +119,33 @@ def plan_changes(
     dumps = codec.dumps
     if changes.account is not None:
         ops.append(Put(ACCOUNT, (), dumps(codec.account_to(changes.account, pickle_key))))
-    for olm in changes.olm_sessions:
-        ops.append(Put(OLM, (olm.session_id,), dumps(codec.olm_to(olm, pickle_key))))
-    for igs in changes.inbound_group_sessions:
-        value = dumps(codec.inbound_to(igs, pickle_key))
-        rank = inbound_rank(igs.first_known_index, igs.imported)
-        ops.append(Put(INBOUND, (igs.room_id, igs.session_id), value, rank=rank, better=True))
-    for room_id in changes.outbound_group_sessions_removed:
-        ops.append(Delete(OUTBOUND, (room_id,)))
-    for ogs in changes.outbound_group_sessions:
-        ops.append(Put(OUTBOUND, (ogs.room_id,), dumps(codec.outbound_to(ogs, pickle_key))))
-    for device in changes.devices:
-        key = (device.user_id, device.device_id)
-        ops.append(Put(DEVICE, key, dumps(codec.device_to(device))))
-    for user in changes.tracked_users:
-        if user.tracked:
-            ops.append(Put(USER, (user.user_id,), dumps(codec.tracked_to(user))))
-        else:
-            ops.append(Delete(USER, (user.user_id,)))
-    for room in changes.rooms:
-        ops.append(Put(ROOM, (room.room_id,), dumps(codec.plain_to(room))))
-    ops.extend(_plan_small(changes, now_ms, sync_tokens or {}, txns or {}))
-    return ops
-
-
-def _plan_small(
-    changes: Changes,
-    now_ms: int,
-    sync_tokens: Mapping[str, str],
-    txns: Mapping[str, dict[str, Any]],
-) -> list[Op]:
-    ops: list[Op] = []
-    for replay in changes.replay_entries:
-        value = codec.dumps(codec.plain_to(replay))
-        index_key = (replay.session_id, str(replay.message_index))
-        ops.append(Put(REPLAY, index_key, value, group=(replay.room_id, replay.session_id)))
-    for digest in changes.to_device_hashes:
-        ops.append(Put(TO_DEVICE, (digest,), codec.dumps({"h": digest}), ts=now_ms))
-    for withheld in changes.withheld:
-        value = codec.dumps(codec.plain_to(withheld))
-        ops.append(Put(WITHHELD, (withheld.room_id, withheld.session_id), value))
-    # Added before removed: a request can be both within one batch.
-    for request in changes.requests_added:
-        ops.append(Put(REQUEST, (request.id,), codec.dumps(codec.request_to(request))))
+    # Removed before upserted: a room is never both in one batch, but keep the order safe.
+    ops.extend(Delete(OUTBOUND, (room_id,)) for room_id in changes.outbound_group_sessions_removed)
+    for kind in kinds.KINDS:
+        for record in getattr(changes, kind.changes):
+            ops.append(_upsert(kind, record, pickle_key))
+    # Added (in the loop above) before removed: a request can be both within one batch.
     ops.extend(Delete(REQUEST, (request_id,)) for request_id in changes.requests_removed)
-    for stream, token in sync_tokens.items():
-        ops.append(Put(SYNC_TOKEN, (stream,), codec.dumps({"token": token})))
-    for txn_key, response in txns.items():
-        ops.append(Put(TXN, (txn_key,), codec.dumps({"v": response}), ts=now_ms))
+    for digest in changes.to_device_hashes:
+        ops.append(Put(TO_DEVICE, (digest,), dumps({"h": digest}), ts=now_ms))
+    for stream, token in (sync_tokens or {}).items():
+        ops.append(Put(SYNC_TOKEN, (stream,), dumps({"token": token})))
+    for txn_key, response in (txns or {}).items():
+        ops.append(Put(TXN, (txn_key,), dumps({"v": response}), ts=now_ms))
     return ops
+
+
+def _upsert(kind: kinds.RecordKind, record: Any, pickle_key: bytes) -> Op:
+    key = kind.key(record)
+    if kind.deleted is not None and kind.deleted(record):
+        return Delete(kind.row, key)
+    value = codec.dumps(kind.encode(record, pickle_key))
+    return Put(
+        kind.row, key, value,
+        rank=kind.rank(record) if kind.rank else 0,
+        group=kind.group(record) if kind.group else (),
+        better=kind.rank is not None,
+    )
 
 
 def apply_ops(txn: Txn, account: AccountKey, ops: list[Op], fence: LeaseRow | None = None) -> None:
