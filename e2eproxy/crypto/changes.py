@@ -172,6 +172,32 @@ class WithheldRecord:
 
 
 @dataclass(slots=True)
+class CrossSigningRecord:
+    """Our own private cross-signing keys, as unpadded base64 seeds (None: not held here).
+    One per account (key ``()``). ``uploaded``: the server lists their public halves; keys
+    made by a bootstrap are saved before they are uploaded, and only used once they are."""
+
+    master: str | None
+    self_signing: str | None
+    user_signing: str | None
+    uploaded: bool
+
+
+@dataclass(slots=True)
+class IdentityRecord:
+    """A user's cross-signing identity as the server last listed it (``keys``: the
+    ``master_key``, ``self_signing_key`` and ``user_signing_key`` objects), and what we pinned:
+    the master key accepted (first seen, or accepted after a change), whether we verified the
+    current one, and whether we ever verified one. Key: ``user_id``."""
+
+    user_id: UserId
+    keys: dict[str, Any]
+    pinned_master: str
+    verified: bool = False
+    previously_verified: bool = False
+
+
+@dataclass(slots=True)
 class Changes:
     """One batch of things to persist, in one transaction.
 
@@ -195,6 +221,8 @@ class Changes:
     withheld: list[WithheldRecord] = field(default_factory=list)
     requests_added: list[OutgoingRequest] = field(default_factory=list)
     requests_removed: list[str] = field(default_factory=list)
+    cross_signing: list[CrossSigningRecord] = field(default_factory=list)
+    identities: list[IdentityRecord] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return self.account is None and not any(
@@ -211,6 +239,8 @@ class Changes:
                 self.withheld,
                 self.requests_added,
                 self.requests_removed,
+                self.cross_signing,
+                self.identities,
             )
         )
 
@@ -235,6 +265,8 @@ class EngineSnapshot:
     to_device_hashes: list[str] = field(default_factory=list)
     inbound_group_sessions: list[InboundGroupSessionRecord] = field(default_factory=list)
     replay_entries: list[ReplayRecord] = field(default_factory=list)
+    cross_signing: list[CrossSigningRecord] = field(default_factory=list)
+    identities: list[IdentityRecord] = field(default_factory=list)
 
 
 class ChangeLog:
@@ -288,6 +320,12 @@ class ChangeLog:
 
     def withheld(self, record: WithheldRecord) -> None:
         self._put("withheld", (record.room_id, record.session_id), record)
+
+    def cross_signing(self, record: CrossSigningRecord) -> None:
+        self._put("cross_signing", (), record)
+
+    def identity(self, record: IdentityRecord) -> None:
+        self._put("identities", record.user_id, record)
 
     def request_added(self, request: OutgoingRequest) -> None:
         self._changes.requests_added.append(request)

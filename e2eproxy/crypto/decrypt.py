@@ -14,6 +14,7 @@ from e2eproxy.crypto.megolm_in import InboundSessions
 from e2eproxy.crypto.replay import ReplayVerdict
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason, SenderTrust
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM, LocalTrust
+from e2eproxy.crypto.trust import DeviceTrust, TrustState
 from e2eproxy.types import RoomId, SessionId
 
 Withheld = dict[tuple[RoomId, SessionId], str]
@@ -47,6 +48,15 @@ def bundled_events(event: Any) -> list[dict[str, Any]]:
     return found
 
 
+_SENDER_TRUST = {
+    DeviceTrust.VERIFIED: SenderTrust.VERIFIED,
+    DeviceTrust.CROSS_SIGNED: SenderTrust.CROSS_SIGNED,
+    DeviceTrust.BLACKLISTED: SenderTrust.BLACKLISTED,
+    DeviceTrust.IGNORED: SenderTrust.UNVERIFIED,
+    DeviceTrust.UNVERIFIED: SenderTrust.UNVERIFIED,
+}
+
+
 class RoomDecryptor:
     """Turns ``m.room.encrypted`` room events into the events their sender wrote."""
 
@@ -56,6 +66,7 @@ class RoomDecryptor:
         self._devices = devices
         self._withheld = withheld
         self._log = log
+        self.trust: TrustState | None = None  # set by the machine
 
     def decrypt(self, room_id: RoomId, event: Any) -> Decrypted | DecryptionFailure:
         result = self._decrypt_one(room_id, event)
@@ -173,7 +184,10 @@ class RoomDecryptor:
             content["m.relates_to"] = copy.deepcopy(outer_relation)
         clear["content"] = content
         trust, device_id = self._trust(event.get("sender"), record)
-        return Decrypted(clear, record.session_id, index, record.sender_key, device_id, trust)
+        sender = event.get("sender")
+        violation = bool(self.trust and isinstance(sender, str) and self.trust.violation(sender))
+        return Decrypted(clear, record.session_id, index, record.sender_key, device_id, trust,
+                         violation)
 
     def _trust(self, sender: Any, record: InboundGroupSessionRecord
                ) -> tuple[SenderTrust, str | None]:
@@ -185,6 +199,8 @@ class RoomDecryptor:
             return SenderTrust.MISMATCHED_SENDER, device.device_id
         if record.imported:
             return SenderTrust.IMPORTED, device.device_id
+        if self.trust is not None:
+            return _SENDER_TRUST[self.trust.device_trust(device)], device.device_id
         if device.local_trust is LocalTrust.VERIFIED:
             return SenderTrust.VERIFIED, device.device_id
         if device.local_trust is LocalTrust.BLACKLISTED:

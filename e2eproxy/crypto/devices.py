@@ -34,6 +34,8 @@ class DeviceUpdate:
     new: list[DeviceRecord] = field(default_factory=list)
     removed: list[DeviceRecord] = field(default_factory=list)
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
+    # The users whose lists this answer applied (their cross-signing keys apply too).
+    users: list[str] = field(default_factory=list)
 
 
 class DeviceTracker:
@@ -168,6 +170,7 @@ class DeviceTracker:
             self._applied_order[user] = order
             devices = answered[user]
             self._apply_user(user, devices if isinstance(devices, dict) else {}, update)
+            update.users.append(user)
             active = sorted(d.device_id for d in self.active_devices(user))
             logger.debug("devices of %s: %s", user, active)
             self.queried.add(user)

@@ -20,6 +20,7 @@ from e2eproxy.crypto.settings import (
     LocalTrust,
     SharingStrategy,
 )
+from e2eproxy.crypto.trust import DeviceTrust, TrustState
 from e2eproxy.protocol import api
 from e2eproxy.protocol.api import OutgoingRequest
 from e2eproxy.types import DeviceId, RoomId, UserId
@@ -27,6 +28,7 @@ from e2eproxy.types import DeviceId, RoomId, UserId
 logger = logging.getLogger(__name__)
 
 MAX_TO_DEVICE_MESSAGES = 250
+TRUSTED = (LocalTrust.VERIFIED, LocalTrust.IGNORED)
 # Sessions whose withheld notices we remember sending (to send each once): a bound for a proxy
 # that runs for months; forgetting an old one at worst repeats a notice.
 MAX_WITHHELD_SESSIONS = 1_000
@@ -57,6 +59,7 @@ class KeySharer:
         self._queue = queue
         self._clock = clock
         self.strategy = SharingStrategy.ALL_EXCEPT_BLACKLISTED
+        self.trust: TrustState | None = None  # set by the machine
         self._withheld_sent: dict[str, set[tuple[UserId, DeviceId]]] = {}
 
     def share(self, room_id: RoomId, members: list[UserId], settings: EncryptionSettings
@@ -92,15 +95,31 @@ class KeySharer:
             for device in self._devices.active_devices(user):
                 if user == self._account.user_id and device.device_id == self._account.device_id:
                     continue
-                if device.local_trust is LocalTrust.BLACKLISTED:
-                    result.withheld.append((device, "m.blacklisted"))
-                elif self.strategy is SharingStrategy.ONLY_VERIFIED and device.local_trust not in (
-                    LocalTrust.VERIFIED, LocalTrust.IGNORED
-                ):
-                    result.withheld.append((device, "m.unverified"))
-                else:
+                code = self._withhold_code(device)
+                if code is None:
                     result.share.append(device)
+                else:
+                    result.withheld.append((device, code))
         return result
+
+    def _withhold_code(self, device: DeviceRecord) -> str | None:
+        """Why ``device`` gets no key under the strategy (a withheld code), or None."""
+        if device.local_trust is LocalTrust.BLACKLISTED:
+            return "m.blacklisted"
+        trust = self.trust
+        if trust is None:
+            wanted = self.strategy is SharingStrategy.ALL_EXCEPT_BLACKLISTED
+            return None if wanted or device.local_trust in TRUSTED else "m.unverified"
+        if device.user_id != self._account.user_id and trust.violation(device.user_id):
+            return "m.unverified"  # we verified this user once; their identity changed since
+        level = trust.device_trust(device)
+        if self.strategy is SharingStrategy.CROSS_SIGNED:
+            ok = level in (DeviceTrust.VERIFIED, DeviceTrust.CROSS_SIGNED, DeviceTrust.IGNORED)
+            return None if ok else "m.unverified"
+        if self.strategy is SharingStrategy.ONLY_VERIFIED:
+            ok = level in (DeviceTrust.VERIFIED, DeviceTrust.IGNORED)
+            return None if ok else "m.unverified"
+        return None
 
     def _session_for(self, room_id: RoomId, settings: EncryptionSettings, users: set[UserId],
                      share: list[DeviceRecord]) -> OutboundGroupSessionRecord:

@@ -36,9 +36,12 @@ from e2eproxy.crypto.olm import OlmSessions
 from e2eproxy.crypto.requests import RequestQueue
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason, SyncResult
 from e2eproxy.crypto.rooms import RoomStates
+from e2eproxy.crypto.secrets_gossip import SecretGossip
 from e2eproxy.crypto.settings import EncryptionSettings, LocalTrust, SharingStrategy
 from e2eproxy.crypto.sync import Parts, SyncProcessor
 from e2eproxy.crypto.to_device import Handler, ToDeviceRouter
+from e2eproxy.crypto.trust import TrustState
+from e2eproxy.crypto.trust_service import Trust
 from e2eproxy.errors import LocalProtocolError
 from e2eproxy.protocol import api
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
@@ -83,18 +86,32 @@ class OlmMachine:
         self._key_requests = KeyRequestResponder(self._account, self._devices, self._olm,
                                                  self._outbound, self._inbound, self._queue)
         self._key_requests.register(self._router)
+        state = TrustState(self._account, self._log)
+        self._gossip = SecretGossip(self._account, self._devices, self._olm, self._claimer,
+                                    self._queue, state)
+        self._gossip.register(self._router)
+        # Cross-signing, verification and secrets: the facade the control interface drives.
+        self.trust = Trust(self._account, self._devices, self._rooms, self._gossip, state,
+                           self._queue, clock, self._log)
+        self.trust.register(self._router)
+        self._sharer.trust = state
+        self._decryptor.trust = state
         # What an answer (or a failure) of each kind of request does to the state.
         self._on_sent: dict[RequestKind, Callable[[str, Any], None]] = {
             RequestKind.KEYS_UPLOAD: self._upload_sent,
             RequestKind.KEYS_QUERY: self._query_sent,
             RequestKind.KEYS_CLAIM: self._claim_sent,
             RequestKind.TO_DEVICE: self._to_device_sent,
+            RequestKind.SIGNATURES_UPLOAD: lambda _id, _response: None,
+            RequestKind.ROOM_MESSAGE: lambda _id, _response: None,
         }
         self._on_failed: dict[RequestKind, Callable[[str], None]] = {
             RequestKind.KEYS_UPLOAD: lambda _id: self._account.upload_failed(),
             RequestKind.KEYS_QUERY: self._query_failed,
             RequestKind.KEYS_CLAIM: self._claimer.failed,
             RequestKind.TO_DEVICE: self._to_device_failed,
+            RequestKind.SIGNATURES_UPLOAD: lambda _id: None,  # the shell logs it
+            RequestKind.ROOM_MESSAGE: lambda _id: None,
         }
         self._devices.track([self.user_id])
 
@@ -119,11 +136,14 @@ class OlmMachine:
             machine._withheld[(item.room_id, item.session_id)] = item.code
         machine._inbound.load(snapshot.inbound_group_sessions, snapshot.replay_entries)
         machine._sync.load_hashes(snapshot.to_device_hashes)
+        machine.trust.state.load(snapshot.cross_signing, snapshot.identities)
         machine._sync.inbound_complete = inbound_complete
-        to_device = [r for r in snapshot.pending_requests if r.kind is RequestKind.TO_DEVICE]
+        # To-device requests are sent again as they were; the others are made anew from state.
+        resent = (RequestKind.TO_DEVICE, RequestKind.ROOM_MESSAGE)
+        to_device = [r for r in snapshot.pending_requests if r.kind in resent]
         machine._queue.load(to_device)
         for request in snapshot.pending_requests:
-            if request.kind is not RequestKind.TO_DEVICE:
+            if request.kind not in resent:
                 machine._log.request_removed(request.id)
         machine._log.take()
         machine._devices.track([machine.user_id])
@@ -302,6 +322,7 @@ class OlmMachine:
         claim = self._claimer.claim_request(self._claimer.wedged_to_claim())
         if claim is not None:
             self._queue.add(claim)
+        self.trust.check_timeouts()
         return self._queue.take_unsent()
 
     def mark_request_as_sent(self, request_id: str, response: Any) -> None:
@@ -317,6 +338,7 @@ class OlmMachine:
         update = self._devices.receive_query(request_id, response, self._clock.now_ms())
         for device in update.removed:
             self._outbound.discard_shared_with(device.user_id, device.device_id)
+        self.trust.state.receive_query(response, update.users)
 
     def _claim_sent(self, request_id: str, response: Any) -> None:
         for device in self._claimer.receive(request_id, response):
@@ -326,6 +348,7 @@ class OlmMachine:
         self._outbound.request_done(request_id, success=True)
 
     def _after_new_session(self, device: DeviceRecord) -> None:
+        self._gossip.new_session(device)
         key = (device.user_id, device.device_id)
         if key not in self._claimer.wedged:
             return

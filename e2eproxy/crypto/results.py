@@ -27,6 +27,7 @@ class SenderTrust(enum.Enum):
     """How much we know about the device that created a Megolm session."""
 
     VERIFIED = "verified"
+    CROSS_SIGNED = "cross-signed"  # signed by its owner's identity, which we did not verify
     UNVERIFIED = "unverified"
     BLACKLISTED = "blacklisted"
     UNKNOWN_DEVICE = "unknown_device"
@@ -44,6 +45,8 @@ class Decrypted:
     sender_key: str
     sender_device: str | None
     trust: SenderTrust
+    # The sender's identity changed after we verified it (not accepted yet).
+    verification_violation: bool = False
 
 
 @dataclass(frozen=True, slots=True)

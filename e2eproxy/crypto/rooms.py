@@ -84,3 +84,12 @@ class RoomStates:
             return []
         allowed = {"join"} if record.history_visibility == "joined" else ACTIVE_MEMBERSHIPS
         return [u for u, m in record.members.items() if m in allowed]
+
+    def direct_room(self, me: UserId, other: UserId) -> RoomId | None:
+        """An encrypted room whose joined members are exactly us and ``other`` (a DM, where an
+        in-room verification with ``other`` goes)."""
+        for room_id, record in self.rooms.items():
+            joined = {u for u, m in record.members.items() if m == "join"}
+            if record.encryption is not None and joined == {me, other}:
+                return room_id
+        return None

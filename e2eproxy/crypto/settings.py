@@ -27,6 +27,8 @@ class SharingStrategy(enum.Enum):
     """Which devices receive room keys."""
 
     ALL_EXCEPT_BLACKLISTED = "all_except_blacklisted"
+    # MSC4153 "exclude insecure devices": only devices their owner's identity signed.
+    CROSS_SIGNED = "cross_signed"
     ONLY_VERIFIED = "only_verified"
 
 

@@ -25,6 +25,10 @@ class RequestKind(enum.Enum):
     KEYS_QUERY = "keys_query"
     KEYS_CLAIM = "keys_claim"
     TO_DEVICE = "to_device"
+    SIGNATURES_UPLOAD = "signatures_upload"
+    # An event into a room (in-room verification): the shell sends it as the client's own
+    # sends go, so it leaves encrypted where the room is.
+    ROOM_MESSAGE = "room_message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +100,30 @@ def to_device(
     path = f"{CLIENT_V3}/sendToDevice/{quote(event_type, safe='')}/{quote(txn, safe='')}"
     body = {"messages": {user: dict(devices) for user, devices in messages.items()}}
     return OutgoingRequest(txn, RequestKind.TO_DEVICE, "PUT", path, body)
+
+
+def signatures_upload(body: dict[str, Any], request_id: str | None = None) -> OutgoingRequest:
+    """``POST /keys/signatures/upload``: ``user -> key id (device id or public key) -> object``."""
+    return OutgoingRequest(
+        request_id or new_request_id(), RequestKind.SIGNATURES_UPLOAD, "POST",
+        f"{CLIENT_V3}/keys/signatures/upload", body,
+    )
+
+
+def device_signing_upload(body: dict[str, Any], auth: dict[str, Any] | None = None
+                          ) -> OutgoingRequest:
+    """``POST /keys/device_signing/upload`` (the cross-signing public keys); ``auth`` for the
+    server's user-interactive authentication when it asks for it."""
+    full = dict(body, auth=auth) if auth is not None else dict(body)
+    return OutgoingRequest(new_request_id(), RequestKind.SIGNATURES_UPLOAD, "POST",
+                           f"{CLIENT_V3}/keys/device_signing/upload", full)
+
+
+def room_message(room_id: str, event_type: str, content: dict[str, Any],
+                 request_id: str | None = None) -> OutgoingRequest:
+    """``PUT /rooms/{room}/send/{type}/{txn}``, encrypted by the shell where the room is."""
+    txn = request_id or new_request_id()
+    path = (f"{CLIENT_V3}/rooms/{quote(room_id, safe='')}/send/"
+            f"{quote(event_type, safe='')}/{quote(txn, safe='')}")
+    return OutgoingRequest(txn, RequestKind.ROOM_MESSAGE, "PUT", path,
+                           {"room_id": room_id, "type": event_type, "content": content})

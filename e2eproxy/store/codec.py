@@ -13,7 +13,9 @@ import vodozemac
 
 from e2eproxy.crypto.changes import (
     AccountRecord,
+    CrossSigningRecord,
     DeviceRecord,
+    IdentityRecord,
     InboundGroupSessionRecord,
     OlmSessionRecord,
     OutboundGroupSessionRecord,
@@ -182,13 +184,15 @@ def tracked_from(value: dict[str, Any]) -> TrackedUserRecord:
 # Records that are nothing but their fields, stored under these keys (spelled out, so that a
 # renamed field cannot silently change what is on disk).
 _PLAIN_FIELDS: dict[type, tuple[str, ...]] = {
+    CrossSigningRecord: ("master", "self_signing", "user_signing", "uploaded"),
+    IdentityRecord: ("user_id", "keys", "pinned_master", "verified", "previously_verified"),
     RoomRecord: ("room_id", "encryption", "history_visibility", "members"),
     ReplayRecord: ("room_id", "session_id", "message_index", "event_id", "origin_server_ts"),
     WithheldRecord: ("room_id", "session_id", "sender_key", "code", "reason"),
 }
 
 
-def plain_to(record: RoomRecord | ReplayRecord | WithheldRecord) -> dict[str, Any]:
+def plain_to(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in _PLAIN_FIELDS[type(record)]}
 
 

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from e2eproxy.crypto.changes import ReplayRecord, RoomRecord, WithheldRecord
+from e2eproxy.crypto.changes import (
+    CrossSigningRecord,
+    IdentityRecord,
+    ReplayRecord,
+    RoomRecord,
+    WithheldRecord,
+)
 from e2eproxy.store import codec
 
 Key = tuple[str, ...]
@@ -78,6 +84,11 @@ REQUEST = RecordKind("request", "requests_added", lambda r: (r.id,),
                      _keyless(codec.request_to), lambda v, _k: codec.request_from(v),
                      snapshot="pending_requests")
 
+CROSS_SIGNING = RecordKind("xsign", "cross_signing", lambda r: (), *_plain(CrossSigningRecord),
+                           snapshot="cross_signing")
+IDENTITY = RecordKind("identity", "identities", lambda r: (r.user_id,), *_plain(IdentityRecord),
+                      snapshot="identities")
+
 KINDS: tuple[RecordKind, ...] = (OLM, INBOUND, OUTBOUND, DEVICE, USER, ROOM, WITHHELD, REPLAY,
-                                 REQUEST)
+                                 REQUEST, CROSS_SIGNING, IDENTITY)
 SNAPSHOT_KINDS = tuple(kind for kind in KINDS if kind.snapshot is not None)

@@ -48,6 +48,10 @@ class FakeServer:
         self.requests: list[tuple[DeviceKey, OutgoingRequest]] = []
         self._ids = itertools.count(1)
         self.claims_served = 0
+        # Cross-signing keys by user: master_key, self_signing_key, user_signing_key objects.
+        self.cross_signing: dict[str, dict[str, dict[str, Any]]] = {}
+        # Room events sent by engines (in-room verification), for the test to deliver.
+        self.room_messages: list[dict[str, Any]] = []
 
     # -- requests ------------------------------------------------------------------------
     def handle(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
@@ -57,8 +61,45 @@ class FakeServer:
             RequestKind.KEYS_QUERY: self._query,
             RequestKind.KEYS_CLAIM: self._claim,
             RequestKind.TO_DEVICE: self._to_device,
+            RequestKind.SIGNATURES_UPLOAD: self._signatures,
+            RequestKind.ROOM_MESSAGE: self._room_message,
         }
         return handlers[request.kind](owner, request)
+
+    def _signatures(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        user = owner[0]
+        if request.path.endswith("/keys/device_signing/upload"):
+            keys = {k: copy.deepcopy(v) for k, v in request.body.items() if k != "auth"}
+            self.cross_signing[user] = keys
+            self._notify_changed(user)
+            return {}
+        for signed_user, objects in request.body.items():
+            for name, signed in objects.items():
+                target = self._signature_target(signed_user, name)
+                if target is None:
+                    continue
+                for signer, sigs in signed.get("signatures", {}).items():
+                    target.setdefault("signatures", {}).setdefault(signer, {}).update(sigs)
+            self._notify_changed(signed_user)
+        return {"failures": {}}
+
+    def _signature_target(self, user: str, name: str) -> dict[str, Any] | None:
+        device = self.device_keys.get(user, {}).get(name)
+        if device is not None:
+            return device
+        for key in self.cross_signing.get(user, {}).values():
+            if f"ed25519:{name}" in key.get("keys", {}):
+                return key
+        return None
+
+    def _room_message(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
+        event_id = f"$room{next(self._ids)}"
+        self.room_messages.append({
+            "type": request.body["type"], "content": copy.deepcopy(request.body["content"]),
+            "sender": owner[0], "event_id": event_id, "room_id": request.body["room_id"],
+            "origin_server_ts": self.clock.now_ms(),
+        })
+        return {"event_id": event_id}
 
     def _upload(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
         body = request.body
@@ -76,11 +117,19 @@ class FakeServer:
         return {"one_time_key_counts": {"signed_curve25519": len(self.otks.get(owner, {}))}}
 
     def _query(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
-        answer = {
-            user: copy.deepcopy(self.device_keys.get(user, {}))
-            for user in request.body["device_keys"]
-        }
-        return {"device_keys": answer, "failures": {}}
+        users = list(request.body["device_keys"])
+        answer = {user: copy.deepcopy(self.device_keys.get(user, {})) for user in users}
+        result: dict[str, Any] = {"device_keys": answer, "failures": {}}
+        for section, name in (("master_keys", "master_key"),
+                              ("self_signing_keys", "self_signing_key"),
+                              ("user_signing_keys", "user_signing_key")):
+            listed = {
+                user: copy.deepcopy(self.cross_signing[user][name]) for user in users
+                if name in self.cross_signing.get(user, {})
+                and (name != "user_signing_key" or user == owner[0])  # only one's own USK
+            }
+            result[section] = listed
+        return result
 
     def _claim(self, owner: DeviceKey, request: OutgoingRequest) -> dict[str, Any]:
         result: dict[str, dict[str, Any]] = {}
@@ -297,7 +346,7 @@ class FoldingStore:
         self.account: Any = None
         self.tables: dict[str, dict[Any, Any]] = {
             name: {} for name in ("olm", "igs", "ogs", "dev", "user", "room", "replay",
-                                  "withheld", "req")
+                                  "withheld", "req", "xsign", "identity")
         }
         self.hashes: list[str] = []
 
@@ -337,6 +386,10 @@ class FoldingStore:
         for req_id in changes.requests_removed:
             t["req"].pop(req_id, None)
         self.hashes.extend(changes.to_device_hashes)
+        for r in changes.cross_signing:
+            t["xsign"][()] = replace(r)
+        for r in changes.identities:
+            t["identity"][r.user_id] = replace(r, keys=copy.deepcopy(r.keys))
 
     def inbound(self, keys: list[Any]) -> tuple[list[Any], list[Any]]:
         records = [_copy_record(self.tables["igs"][k]) for k in keys if k in self.tables["igs"]]
@@ -357,6 +410,8 @@ class FoldingStore:
             to_device_hashes=list(self.hashes),
             inbound_group_sessions=copied["igs"] if with_inbound else [],
             replay_entries=list(t["replay"].values()) if with_inbound else [],
+            cross_signing=[replace(r) for r in t["xsign"].values()],
+            identities=[replace(r, keys=copy.deepcopy(r.keys)) for r in t["identity"].values()],
         )
 
 

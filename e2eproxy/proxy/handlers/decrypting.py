@@ -49,6 +49,7 @@ def add_encryption_info(result: Decrypted) -> None:
             "sender_device": result.sender_device,
             "session_id": result.session_id,
             "verification": result.trust.value,
+            "verification_violation": result.verification_violation,
         }
 
 
