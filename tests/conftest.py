@@ -1,6 +1,8 @@
-"""Fixtures shared by the tiers that run against a real Synapse (tests/e2e, tests/interop):
-one Synapse per test session, one proxy per test. tests/integration has its own `proxy_url`
-(the stub homeserver's), which takes precedence there."""
+"""The fixtures every tier shares, in one place: the HTTP client sessions (`session`, and
+`exact_session` for byte-exact pass-through checks), the stub homeserver (`stub`), and for the
+tiers that run against a real Synapse (tests/e2e, tests/interop) one Synapse per test session and
+one proxy per test. tests/integration has its own `proxy_url` (the stub homeserver's), which takes
+precedence there. The shared helpers that are not fixtures live in tests/support/."""
 
 from __future__ import annotations
 
@@ -10,12 +12,51 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support.stub_homeserver import StubHomeserver, running_stub
 from tests.support.synapse import SynapseServer
 
 _localpart_counter = itertools.count(1)
+# A hung proxy (or server) fails the request instead of stalling the test until pytest-timeout.
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "fresh_connections: the `session` fixture opens a new connection for every request",
+    )
+
+
+@pytest.fixture
+async def session(request: pytest.FixtureRequest) -> AsyncIterator[aiohttp.ClientSession]:
+    """The tests' HTTP client: one aiohttp session per test, every request bounded by
+    HTTP_TIMEOUT. In a test marked `fresh_connections` (one that kills the proxy under its
+    clients) no connection is pooled, so a keep-alive connection to the killed process cannot
+    turn the next request into a spurious "server disconnected"."""
+    fresh = request.node.get_closest_marker("fresh_connections") is not None
+    connector = aiohttp.TCPConnector(force_close=True) if fresh else None
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT, connector=connector) as client:
+        yield client
+
+
+@pytest.fixture
+async def exact_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """Like `session`, but bodies come back exactly as the proxy sent them (auto_decompress
+    off): for the pass-through tests that compare bytes and Content-Encoding."""
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT, auto_decompress=False) as client:
+        yield client
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[StubHomeserver]:
+    """The stub homeserver, served on 127.0.0.1; a test fails if it raised inside a handler."""
+    async with running_stub() as served:
+        yield served
+    assert served.internal_errors == []
 
 
 @pytest.fixture(scope="session")

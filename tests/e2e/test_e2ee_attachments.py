@@ -10,7 +10,6 @@ plaintext.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -30,12 +29,6 @@ pytestmark = pytest.mark.e2e
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(20_000)
 THUMB = b"\x89PNG\r\n\x1a\n" + os.urandom(2_000)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client_session:
-        yield client_session
 
 
 async def upload_through(

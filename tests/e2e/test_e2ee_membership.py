@@ -3,7 +3,6 @@ what is said afterwards; a member's new device gets the keys for what is said af
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,12 +14,6 @@ from tests.support.nio_peer import NioPeer, assert_ciphertext_only
 from tests.support.synapse import SynapseServer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client_session:
-        yield client_session
 
 
 async def test_member_who_left_gets_no_key_for_later_messages(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -27,13 +27,6 @@ pytestmark = pytest.mark.e2e
 
 POLL_MS = 300
 TIMEOUT = 15.0
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # A hung proxy fails the request instead of stalling the test for pytest-timeout.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client_session:
-        yield client_session
 
 
 class Plain:

@@ -25,7 +25,8 @@ from tests.support.nio_peer import assert_ciphertext_only
 from tests.support.processes import ProxyProcess
 from tests.support.synapse import SynapseServer, free_port
 
-pytestmark = pytest.mark.e2e
+# The proxy is killed under its clients: `session` pools no connection to the dead process.
+pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]
 
 # SHUTDOWN_TIMEOUT_S (5 s) for in-flight requests, and a margin.
 SIGTERM_EXIT_S = 8.0
@@ -45,16 +46,6 @@ async def proxy(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[ProxyPr
         yield process
     finally:
         process.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # A fresh connection per request: a pooled keep-alive connection to the killed process
-    # must not turn a request to the next one into a spurious "server disconnected".
-    connector = aiohttp.TCPConnector(force_close=True)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client_session:
-        yield client_session
 
 
 async def own_devices(synapse: SynapseServer, plain: Plain) -> dict[str, Any]:

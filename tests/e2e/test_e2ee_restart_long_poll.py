@@ -15,16 +15,15 @@ from tests.e2e.test_e2ee_proxy import plain_with_peer_room
 from tests.e2e.test_e2ee_restart import (  # noqa: F401  (fixtures)
     SIGTERM_EXIT_S,
     proxy,
-    session,
 )
 from tests.support.processes import ProxyProcess
 from tests.support.synapse import SynapseServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]
 
 
 async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
-    session: aiohttp.ClientSession,  # noqa: F811
+    session: aiohttp.ClientSession,
     proxy: ProxyProcess,  # noqa: F811
     synapse: SynapseServer,
     nio_peers: PeerFactory,

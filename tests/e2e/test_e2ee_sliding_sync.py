@@ -5,7 +5,6 @@ arrive whether or not the client asks for the to-device and e2ee extensions."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,12 +19,6 @@ pytestmark = pytest.mark.e2e
 
 SLIDING = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 TIMEOUT = 15.0
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client_session:
-        yield client_session
 
 
 async def sliding_until_event(

@@ -17,12 +17,6 @@ from tests.support.synapse import SynapseServer
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-async def session() -> Any:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
 async def _logged_in(
     session: aiohttp.ClientSession, proxy_url: str, synapse: SynapseServer, localpart: str
 ) -> PlainClient:

@@ -1,4 +1,5 @@
-"""The real proxy application (from create_app) in front of the stub homeserver."""
+"""The real proxy application (from create_app) in front of the stub homeserver (`stub`, and the
+client sessions: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,30 +8,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
 from e2eproxy.proxy.app import create_app
 from e2eproxy.store import MemoryStore, Store
-from tests.support.stub_homeserver import StubHomeserver, running_stub
+from tests.support.stub_homeserver import StubHomeserver
 
 StartProxy = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[StubHomeserver]:
-    async with running_stub() as served:
-        yield served
-    assert served.internal_errors == []
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    # auto_decompress off: tests compare bytes exactly as the proxy sent them.
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 @pytest.fixture

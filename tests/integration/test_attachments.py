@@ -47,12 +47,6 @@ NO_WAIT = {"timeout_ms": "100"}
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        yield http
-
-
-@pytest.fixture
 async def start_media_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartE2EEProxy]:
     """Like `start_e2ee_proxy`, but with the data dir (the media spool) under tmp_path, so held
     uploads never land in the user's own data dir and the spool can be inspected."""

@@ -16,7 +16,6 @@ from tests.integration.test_attachments import (  # noqa: F401  (fixtures)
     direct,
     get_media,
     proxied,
-    session,
     start_media_proxy,
     stub_media,
     upload_media,

@@ -5,12 +5,10 @@ each other, and a restart on the same store keeps every device, token and room k
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from e2eproxy.config import EncryptionConfig
 from e2eproxy.store import AccountKey, SqliteStore
@@ -30,12 +28,6 @@ ENCRYPTION_STATE = {
     "state_key": "",
     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
 }
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 def key_of(client: PlainClient) -> AccountKey:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
-import pytest
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
@@ -15,12 +12,6 @@ from tests.support.plain_client import (
     raw_messages,
 )
 from tests.support.stub_homeserver import StubHomeserver
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 async def test_login_again_on_the_same_device_keeps_its_keys(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
-import pytest
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
@@ -14,12 +11,6 @@ from tests.support.plain_client import (
     to_device_recipients,
 )
 from tests.support.stub_homeserver import StubHomeserver
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 async def test_two_proxies_send_right_after_joining(

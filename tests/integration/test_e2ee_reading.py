@@ -6,7 +6,6 @@ consumed by the proxy; an undecryptable event becomes a visible notice (or stays
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,12 +24,6 @@ from tests.support.plain_client import (
 from tests.support.stub_homeserver import StubHomeserver
 
 JsonDict = dict[str, Any]
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 async def alice_and_bob(

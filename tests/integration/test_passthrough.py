@@ -34,31 +34,37 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def test_every_method_reaches_the_server_and_answers_come_back(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
-    token = await login(http, proxy_url, stub, "alice")
+    token = await login(exact_session, proxy_url, stub, "alice")
     auth = bearer(token)
-    async with http.get(f"{proxy_url}{V3}/account/whoami", headers=auth) as response:
+    async with exact_session.get(f"{proxy_url}{V3}/account/whoami", headers=auth) as response:
         assert response.status == 200
         assert (await response.json())["user_id"] == "@alice:stub.test"
-    async with http.post(f"{proxy_url}{V3}/createRoom", json={"name": "r"}, headers=auth) as r:
+    async with exact_session.post(
+        f"{proxy_url}{V3}/createRoom", json={"name": "r"}, headers=auth
+    ) as r:
         room_id = (await r.json())["room_id"]
-    async with http.put(
+    async with exact_session.put(
         f"{proxy_url}{V3}/rooms/{room_id}/send/m.room.message/t1",
         json={"msgtype": "m.text", "body": "hello"},
         headers=auth,
     ) as response:
         assert response.status == 200
         event_id = (await response.json())["event_id"]
-    async with http.put(f"{proxy_url}{V3}/room_keys/version/1", json={}, headers=auth) as r:
+    async with exact_session.put(
+        f"{proxy_url}{V3}/room_keys/version/1", json={}, headers=auth
+    ) as r:
         assert r.status in (404, 400)  # no backup yet: the server's own answer passes through
-    async with http.post(
+    async with exact_session.post(
         f"{proxy_url}{V3}/room_keys/version",
         headers=auth,
         json={"algorithm": "m.megolm_backup.v1", "auth_data": {}},
     ) as r:
         version = (await r.json())["version"]
-    async with http.delete(f"{proxy_url}{V3}/room_keys/version/{version}", headers=auth) as r:
+    async with exact_session.delete(
+        f"{proxy_url}{V3}/room_keys/version/{version}", headers=auth
+    ) as r:
         assert r.status == 200
     assert [e["event_id"] for e in stub.raw_events(room_id)][-1] == event_id
     assert stub.raw_events(room_id)[-1]["content"] == {"msgtype": "m.text", "body": "hello"}
@@ -67,17 +73,19 @@ async def test_every_method_reaches_the_server_and_answers_come_back(
 
 
 async def test_query_string_is_forwarded_byte_for_byte(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
     raw = f"{V3}/publicRooms?filter=%7B%22a%22%3A%201%7D&since=s%2F1&x=a+b&x=%C3%A9&empty="
     # encoded=True: the test client itself must not normalise the query either.
-    async with http.get(URL(proxy_url + raw, encoded=True), headers=bearer("none")) as response:
+    async with exact_session.get(
+        URL(proxy_url + raw, encoded=True), headers=bearer("none")
+    ) as response:
         await response.read()
     assert stub.requests[-1].raw_path == raw
 
 
 async def test_headers_client_to_server(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
     headers = {
         "Authorization": "Bearer tok",
@@ -87,7 +95,7 @@ async def test_headers_client_to_server(
         "X-Hop": "must not pass",
         "Proxy-Authorization": "Basic c2VjcmV0",
     }
-    async with http.get(f"{proxy_url}{V3}/account/whoami", headers=headers) as response:
+    async with exact_session.get(f"{proxy_url}{V3}/account/whoami", headers=headers) as response:
         await response.read()
     seen = {k.lower(): v for k, v in stub.requests[-1].headers.items()}
     assert seen["authorization"] == "Bearer tok"
@@ -99,17 +107,17 @@ async def test_headers_client_to_server(
 
 
 async def test_status_codes_and_error_bodies_pass_through(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
-    token = await login(http, proxy_url, stub, "bob")
+    token = await login(exact_session, proxy_url, stub, "bob")
     path = f"{V3}/rooms/!nope:stub.test/state"
-    async with http.get(f"{stub.base_url}{path}", headers=bearer(token)) as r:
+    async with exact_session.get(f"{stub.base_url}{path}", headers=bearer(token)) as r:
         direct = (r.status, await r.read())
-    async with http.get(f"{proxy_url}{path}", headers=bearer(token)) as r:
+    async with exact_session.get(f"{proxy_url}{path}", headers=bearer(token)) as r:
         assert (r.status, await r.read()) == direct
     assert direct[0] >= 400
     stub.faults.add(r"/account/whoami", status=429, retry_after_ms=1234, times=1)
-    async with http.get(f"{proxy_url}{V3}/account/whoami", headers=bearer(token)) as r:
+    async with exact_session.get(f"{proxy_url}{V3}/account/whoami", headers=bearer(token)) as r:
         assert r.status == 429
         assert await r.json() == {
             "errcode": "M_LIMIT_EXCEEDED",
@@ -117,17 +125,17 @@ async def test_status_codes_and_error_bodies_pass_through(
             "retry_after_ms": 1234,
         }
     stub.faults.add(r"/account/whoami", status=500, errcode="M_UNKNOWN", error="boom", times=1)
-    async with http.get(f"{proxy_url}{V3}/account/whoami", headers=bearer(token)) as r:
+    async with exact_session.get(f"{proxy_url}{V3}/account/whoami", headers=bearer(token)) as r:
         assert r.status == 500
         assert await r.json() == {"errcode": "M_UNKNOWN", "error": "boom"}
 
 
 async def test_response_headers_pass_through_and_media_streams_back(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
-    token = await login(http, proxy_url, stub, "carol")
+    token = await login(exact_session, proxy_url, stub, "carol")
     payload = bytes(range(256)) * 4096
-    async with http.post(
+    async with exact_session.post(
         f"{proxy_url}/_matrix/media/v3/upload?filename=r%C3%A9sum%C3%A9.bin",
         data=payload,
         headers={**bearer(token), "Content-Type": "application/x-test"},
@@ -135,7 +143,7 @@ async def test_response_headers_pass_through_and_media_streams_back(
         assert response.status == 200
         mxc = (await response.json())["content_uri"]
     server_name, media_id = mxc.removeprefix("mxc://").split("/")
-    async with http.get(
+    async with exact_session.get(
         f"{proxy_url}/_matrix/client/v1/media/download/{server_name}/{media_id}",
         headers=bearer(token),
     ) as response:
@@ -146,36 +154,38 @@ async def test_response_headers_pass_through_and_media_streams_back(
 
 
 async def test_no_cors_header_unless_configured(
-    stub: StubHomeserver, http: aiohttp.ClientSession, start_proxy: StartProxy
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, start_proxy: StartProxy
 ) -> None:
     plain = await start_proxy()
     listed = await start_proxy(cors_origins=("https://app.example",))
     origin = {"Origin": "https://app.example"}
-    async with http.get(f"{plain}/_matrix/client/versions", headers=origin) as response:
+    async with exact_session.get(f"{plain}/_matrix/client/versions", headers=origin) as response:
         assert "Access-Control-Allow-Origin" not in response.headers
-    async with http.get(f"{listed}/_matrix/client/versions", headers=origin) as response:
+    async with exact_session.get(f"{listed}/_matrix/client/versions", headers=origin) as response:
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
     other = {"Origin": "https://evil.example"}
-    async with http.get(f"{listed}/_matrix/client/versions", headers=other) as response:
+    async with exact_session.get(f"{listed}/_matrix/client/versions", headers=other) as response:
         assert "Access-Control-Allow-Origin" not in response.headers
 
 
 async def test_well_known_points_clients_at_the_proxy(
-    http: aiohttp.ClientSession, start_proxy: StartProxy
+    exact_session: aiohttp.ClientSession, start_proxy: StartProxy
 ) -> None:
     proxy = await start_proxy()
-    async with http.get(f"{proxy}/.well-known/matrix/client") as response:
+    async with exact_session.get(f"{proxy}/.well-known/matrix/client") as response:
         assert response.status == 200
         document = json.loads(await response.read())
     assert document["m.homeserver"]["base_url"].startswith("http://127.0.0.1:")
     public = await start_proxy(public_url="https://matrix-proxy.example")
-    async with http.get(f"{public}/.well-known/matrix/client") as response:
+    async with exact_session.get(f"{public}/.well-known/matrix/client") as response:
         document = json.loads(await response.read())
     assert document == {"m.homeserver": {"base_url": "https://matrix-proxy.example"}}
 
 
-async def test_unknown_paths_get_matrix_json(http: aiohttp.ClientSession, proxy_url: str) -> None:
-    async with http.get(f"{proxy_url}/not-matrix") as response:
+async def test_unknown_paths_get_matrix_json(
+    exact_session: aiohttp.ClientSession, proxy_url: str
+) -> None:
+    async with exact_session.get(f"{proxy_url}/not-matrix") as response:
         assert response.status == 404
         assert await response.json() == {
             "errcode": "M_UNRECOGNIZED",
@@ -191,11 +201,11 @@ def closed_port() -> int:
 
 
 async def test_upstream_down_is_a_502_json_and_the_proxy_keeps_serving(
-    http: aiohttp.ClientSession, start_proxy: StartProxy
+    exact_session: aiohttp.ClientSession, start_proxy: StartProxy
 ) -> None:
     proxy = await start_proxy(homeserver=f"http://127.0.0.1:{closed_port()}")
     for _ in range(2):
-        async with http.get(f"{proxy}/_matrix/client/versions") as response:
+        async with exact_session.get(f"{proxy}/_matrix/client/versions") as response:
             assert response.status == 502
             body = await response.json()
             assert body["errcode"] == "M_UNKNOWN"
@@ -203,38 +213,38 @@ async def test_upstream_down_is_a_502_json_and_the_proxy_keeps_serving(
 
 
 async def test_upstream_slow_is_a_504_json(
-    stub: StubHomeserver, http: aiohttp.ClientSession, start_proxy: StartProxy
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, start_proxy: StartProxy
 ) -> None:
     proxy = await start_proxy(upstream_timeout=0.3)
     stub.faults.add(r"/versions", delay=2.0, times=1)
-    async with http.get(f"{proxy}/_matrix/client/versions") as response:
+    async with exact_session.get(f"{proxy}/_matrix/client/versions") as response:
         assert response.status == 504
         assert (await response.json())["errcode"] == "M_UNKNOWN"
-    async with http.get(f"{proxy}/_matrix/client/versions") as response:
+    async with exact_session.get(f"{proxy}/_matrix/client/versions") as response:
         assert response.status == 200
 
 
 async def test_upstream_dropping_the_connection_is_a_502(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
     # aiohttp retries an idempotent request once on a reused connection, so drop every time.
     fault = stub.faults.add(r"/versions", drop=True)
-    async with http.get(f"{proxy_url}/_matrix/client/versions") as response:
+    async with exact_session.get(f"{proxy_url}/_matrix/client/versions") as response:
         assert response.status == 502
         assert (await response.json())["errcode"] == "M_UNKNOWN"
     stub.faults.faults.remove(fault)
-    async with http.get(f"{proxy_url}/_matrix/client/versions") as response:
+    async with exact_session.get(f"{proxy_url}/_matrix/client/versions") as response:
         assert response.status == 200
 
 
 async def test_long_poll_sync_may_outlast_the_upstream_timeout(
-    stub: StubHomeserver, http: aiohttp.ClientSession, start_proxy: StartProxy
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, start_proxy: StartProxy
 ) -> None:
     proxy = await start_proxy(upstream_timeout=0.3)
-    token = await login(http, proxy, stub, "dave")
-    async with http.get(f"{proxy}{V3}/sync", headers=bearer(token)) as response:
+    token = await login(exact_session, proxy, stub, "dave")
+    async with exact_session.get(f"{proxy}{V3}/sync", headers=bearer(token)) as response:
         since = (await response.json())["next_batch"]
-    async with http.get(
+    async with exact_session.get(
         f"{proxy}{V3}/sync?since={since}&timeout=800", headers=bearer(token)
     ) as response:
         assert response.status == 200
@@ -243,23 +253,23 @@ async def test_long_poll_sync_may_outlast_the_upstream_timeout(
 
 @pytest.mark.parametrize("prefix", ["/_matrix/client/r0", "/_matrix/client/v3"])
 async def test_both_prefixes(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str, prefix: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str, prefix: str
 ) -> None:
     stub.register("erin", "pw")
     body = {"type": "m.login.password", "user": "erin", "password": "pw"}
-    async with http.post(f"{proxy_url}{prefix}/login", json=body) as response:
+    async with exact_session.post(f"{proxy_url}{prefix}/login", json=body) as response:
         assert response.status == 200
         assert (await response.json())["user_id"] == "@erin:stub.test"
 
 
 async def test_get_and_head_of_a_file_just_uploaded(
-    stub: StubHomeserver, http: aiohttp.ClientSession, proxy_url: str
+    stub: StubHomeserver, exact_session: aiohttp.ClientSession, proxy_url: str
 ) -> None:
     """An upload is held by the proxy until it is sent somewhere: GET and HEAD are answered
     here (the server would wait for content it does not have yet), HEAD without a body."""
-    token = await login(http, proxy_url, stub, "dave")
+    token = await login(exact_session, proxy_url, stub, "dave")
     payload = b"small file \x00\xff" * 100
-    async with http.post(
+    async with exact_session.post(
         f"{proxy_url}/_matrix/media/v3/upload?filename=a.bin",
         data=payload,
         headers={**bearer(token), "Content-Type": "application/x-small"},
@@ -267,12 +277,12 @@ async def test_get_and_head_of_a_file_just_uploaded(
         mxc = (await response.json())["content_uri"]
     server_name, media_id = mxc.removeprefix("mxc://").split("/")
     url = f"{proxy_url}/_matrix/client/v1/media/download/{server_name}/{media_id}"
-    async with http.get(url, headers=bearer(token)) as response:
+    async with exact_session.get(url, headers=bearer(token)) as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "application/x-small"
         assert "Content-Disposition" in response.headers
         assert response.headers["Content-Length"] == str(len(payload))
         assert await response.read() == payload
-    async with http.head(url, headers=bearer(token)) as response:
+    async with exact_session.head(url, headers=bearer(token)) as response:
         assert response.status == 200
         assert response.headers["Content-Length"] == str(len(payload))

@@ -22,12 +22,6 @@ from tests.support.stub_homeserver import StubHomeserver, running_stub
 LOGIN = r"/_matrix/client/v3/login$"
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
-
-
 def registry_of(proxy: RunningProxy) -> AccountRegistry:
     app = proxy.server.app
     assert app is not None

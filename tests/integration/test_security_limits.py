@@ -10,7 +10,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import PlainClient, login_all, raw_messages
@@ -18,12 +17,6 @@ from tests.support.raw_http import raw_request
 from tests.support.stub_homeserver import StubHomeserver
 
 V3 = "/_matrix/client/v3"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 def auth(client: PlainClient, **extra: str) -> dict[str, str]:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
@@ -26,12 +24,6 @@ from tests.support.stub_homeserver import StubHomeserver
 
 V3 = "/_matrix/client/v3"
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 def plaintext_on_stub(stub: StubHomeserver) -> bool:

@@ -5,11 +5,9 @@ came (#16, item 4). The stub reads tokens as Synapse does: the Authorization hea
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
@@ -24,12 +22,6 @@ from tests.support.stub_homeserver import StubHomeserver
 V3 = "/_matrix/client/v3"
 FORM = "application/x-www-form-urlencoded"
 SECRET = b"the plaintext of a file"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
 
 
 def forwarded(stub: StubHomeserver, before: int, *fragments: str) -> list[str]:

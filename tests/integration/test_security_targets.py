@@ -19,12 +19,6 @@ LOGIN = "/_matrix/client/v3/login"
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as http:
-        yield http
-
-
-@pytest.fixture
 async def elsewhere() -> AsyncIterator[StubHomeserver]:
     """Another homeserver on this host: where a redirected request would land."""
     async with running_stub(StubHomeserver("elsewhere.test")) as served:

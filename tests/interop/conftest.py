@@ -59,23 +59,19 @@ async def js_peers(
             await peer.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
 PlainLogin = Callable[[str], Awaitable[PlainClient]]
 
 
 @pytest.fixture
-def plain_login(http: aiohttp.ClientSession, proxy_url: str, synapse: SynapseServer) -> PlainLogin:
+def plain_login(
+    session: aiohttp.ClientSession, proxy_url: str, synapse: SynapseServer
+) -> PlainLogin:
     """`await plain_login("alice")`: registered on Synapse, logged in through the proxy."""
 
     async def login(localpart: str) -> PlainClient:
         password = f"{localpart}-password"
         await synapse.register(localpart, password=password)
-        client = PlainClient(http, proxy_url)
+        client = PlainClient(session, proxy_url)
         await client.login(localpart, password)
         return client
 

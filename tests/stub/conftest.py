@@ -1,14 +1,15 @@
-"""Fixtures for the stub homeserver's own tests: a served stub and a tiny Matrix client."""
+"""Fixtures for the stub homeserver's own tests: a tiny Matrix client (the served `stub` and the
+client `session`: tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support.stub_homeserver import StubHomeserver, running_stub
+from tests.support.stub_homeserver import StubHomeserver
 
 V3 = "/_matrix/client/v3"
 
@@ -58,26 +59,13 @@ Login = Callable[..., Awaitable[Api]]
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[StubHomeserver]:
-    async with running_stub() as served:
-        yield served
-    assert served.internal_errors == []
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-def anon(stub: StubHomeserver, http: aiohttp.ClientSession) -> Api:
+def anon(stub: StubHomeserver, session: aiohttp.ClientSession) -> Api:
     assert stub.base_url is not None
-    return Api(http, stub.base_url)
+    return Api(session, stub.base_url)
 
 
 @pytest.fixture
-def login(stub: StubHomeserver, http: aiohttp.ClientSession) -> Login:
+def login(stub: StubHomeserver, session: aiohttp.ClientSession) -> Login:
     """``await login("alice", device_id=...)`` registers on first use and logs in over HTTP."""
 
     async def do_login(name: str, device_id: str | None = None) -> Api:
@@ -91,8 +79,8 @@ def login(stub: StubHomeserver, http: aiohttp.ClientSession) -> Login:
         }
         if device_id:
             body["device_id"] = device_id
-        result = await Api(http, stub.base_url).ok("POST", "/login", body)
-        return Api(http, stub.base_url, result["access_token"], result["user_id"],
+        result = await Api(session, stub.base_url).ok("POST", "/login", body)
+        return Api(session, stub.base_url, result["access_token"], result["user_id"],
                    result["device_id"])
 
     return do_login
