@@ -84,6 +84,32 @@ def sync_slots(body: Any) -> Iterator[Slot]:
         yield from _list_slots(room_id, part["events"])
 
 
+VERIFICATION_PREFIX = "m.key.verification."
+
+
+def is_verification_event(event: Any) -> bool:
+    """An in-room verification event (as sent, or once decrypted)."""
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return False
+    if event["type"].startswith(VERIFICATION_PREFIX):
+        return True
+    content = event.get("content")
+    return event["type"] == "m.room.message" and isinstance(content, dict) and (
+        content.get("msgtype") == VERIFICATION_PREFIX + "request"
+    )
+
+
+def verification_events(body: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(room id, event) of the verification events in a /sync body's joined timelines."""
+    return [
+        (room_id, event)
+        for room_id, name, part in sync_room_parts(body, ("join",))
+        if name == "timeline"
+        for event in part["events"]
+        if is_verification_event(event)
+    ]
+
+
 def chunk_slots(room_id: str, body: Any) -> Iterator[Slot]:
     """/messages, /relations and /threads: `chunk` (and `state` for /messages)."""
     if isinstance(body, dict):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from e2eproxy.crypto.results import SyncResult
-from e2eproxy.protocol.rewrite import sync_room_parts
+from e2eproxy.protocol.rewrite import sync_room_parts, verification_events
 from e2eproxy.proxy.account import Account
 
 # The two sync streams fed to the engine; each keeps its own token in the store.
@@ -36,3 +36,13 @@ def membership_changes(body: dict[str, Any]) -> set[str]:
         for room_id, _, part in sync_room_parts(body, ("join",))
         if any(isinstance(e, dict) and e.get("type") == "m.room.member" for e in part["events"])
     }
+
+
+async def feed_verifications(account: Account, body: dict[str, Any]) -> None:
+    """In-room verification events of a (decrypted) sync body to the engine's flows; both
+    streams carry them, and the engine handles each event once."""
+    events = verification_events(body)
+    if events:
+        async with account.step(wake=True) as step:
+            for room_id, event in events:
+                step.machine.trust.receive_room_event(room_id, event)

@@ -14,9 +14,17 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
+from e2eproxy.crypto.results import Decrypted
 from e2eproxy.errors import StoreLocked, UpstreamError
+from e2eproxy.protocol.rewrite import sync_slots
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.intake import BACKGROUND_STREAM, CLIENT_STREAM, process_sync
+from e2eproxy.proxy.decrypt_io import decrypt_slots
+from e2eproxy.proxy.intake import (
+    BACKGROUND_STREAM,
+    CLIENT_STREAM,
+    feed_verifications,
+    process_sync,
+)
 from e2eproxy.proxy.outgoing import drain_outgoing
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import RENEW_EVERY_MS
@@ -29,13 +37,17 @@ MAX_BACKOFF_S = 60.0
 # A client re-polls within milliseconds of an answer; this long without one, it is not syncing.
 CLIENT_GRACE_S = 0.5
 STOP_TIMEOUT_S = 5.0
+VERIFICATION_WINDOW_MS = 10 * 60_000
 CRYPTO_FILTER = {
     "presence": {"not_types": ["*"]},
     "account_data": {"not_types": ["*"]},
     "room": {
         "timeline": {
             "limit": 50,
-            "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility"],
+            # Encrypted events and verification ones: in-room verification reaches the engine
+            # while no client syncs (decrypted only when there are any).
+            "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility",
+                      "m.room.encrypted", "m.key.verification.*"],
         },
         "state": {
             "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility"],
@@ -118,6 +130,7 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
             try:
                 await process_sync(account, body, BACKGROUND_STREAM)
+                await _verifications_of(account, body)
             except Exception:
                 # The position is not advanced, so the server delivers it all again: nothing
                 # is lost, and the loop (the account's only key intake when idle) lives on.
@@ -156,6 +169,19 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         )
         await account.timer.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+async def _verifications_of(account: Account, body: dict[str, Any]) -> None:
+    """Decrypt the recent encrypted timeline events (an in-room verification is at most
+    10 minutes old) and feed the verification events among them to the engine."""
+    oldest = account.timer.now_ms() - VERIFICATION_WINDOW_MS
+    slots = [s for s in sync_slots(body)
+             if isinstance(ts := s.event.get("origin_server_ts"), int) and ts >= oldest]
+    if slots:
+        for slot, result in zip(slots, await decrypt_slots(account, slots), strict=True):
+            if isinstance(result, Decrypted):
+                slot.replace(result.event)
+    await feed_verifications(account, body)
 
 
 async def _outgoing_loop(upstream: Upstream, account: Account) -> None:

@@ -17,10 +17,7 @@ from aiohttp import web
 
 from e2eproxy.errors import (
     BadJson,
-    BadRequest,
     Conflict,
-    Errcode,
-    LocalProtocolError,
     NotJson,
     Unrecognized,
     homeserver_error,
@@ -43,68 +40,14 @@ from e2eproxy.proxy.media_refs import (
     publish_initial_state,
     publish_plain_references,
 )
-from e2eproxy.proxy.outgoing import call, share_room_key
+from e2eproxy.proxy.outgoing import call
 from e2eproxy.proxy.registry import TokenInfo, token_of
-from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.proxy.room_crypto import encrypt_for_room, no_such_state, room_is_encrypted
 
 log = logging.getLogger(__name__)
 
 V3 = "/_matrix/client/v3"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def _no_such_state(status: int, body: Any) -> bool:
-    """The server's own "this room has no such state event": nothing else means "plain" (a 404
-    from a proxy in between, or an endpoint it does not know, is doubt)."""
-    return status == 404 and isinstance(body, dict) and body.get("errcode") == Errcode.NOT_FOUND
-
-
-async def room_is_encrypted(upstream: Upstream, account: Account, room_id: str) -> bool:
-    """What we know, or else what the server says; any doubt is an error, never 'no'."""
-    if account.machine.is_room_encrypted(room_id):
-        return True
-    path = f"{V3}/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
-    status, body = await call(upstream, account, "GET", path, attempts=2)
-    if _no_such_state(status, body):
-        # Not cached: encryption may be switched on at any moment, and a stale "plain" would
-        # send the next message in the clear. One GET per plain send is the price.
-        return False
-    if status != 200 or not isinstance(body, dict):
-        raise homeserver_error(
-            status, body, "Could not tell whether the room is encrypted; nothing was sent"
-        )
-    async with account.step() as step:
-        step.machine.update_room_encryption(room_id, body)
-    if not account.machine.is_room_encrypted(room_id):
-        raise BadRequest(
-            "The room uses an encryption algorithm e2eproxy does not support; nothing was sent",
-        )
-    return True
-
-
-async def room_members(upstream: Upstream, account: Account, room_id: str) -> list[str]:
-    """Joined and invited members, from the server when our view may be stale."""
-    cached = account.cached_members(room_id)
-    if cached is not None:
-        return cached
-    path = f"{V3}/rooms/{quote(room_id, safe='')}/members"
-    status, body = await call(upstream, account, "GET", path, attempts=2)
-    chunk = body.get("chunk") if isinstance(body, dict) else None
-    if status != 200 or not isinstance(chunk, list):
-        raise homeserver_error(status, body, "Could not list the room's members; nothing was sent")
-    memberships = {
-        e["state_key"]: e["content"]["membership"]
-        for e in chunk
-        if isinstance(e, dict)
-        and isinstance(e.get("state_key"), str)
-        and isinstance(e.get("content"), dict)
-        and isinstance(e["content"].get("membership"), str)
-    }
-    async with account.step() as step:
-        step.machine.update_room_members(room_id, memberships)
-    members = [str(m) for m in account.machine.room_members(room_id)]
-    account.set_members(room_id, members)
-    return members
 
 
 async def _known_plain() -> bool:
@@ -113,32 +56,6 @@ async def _known_plain() -> bool:
 
 def _encode(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-async def _encrypt(
-    upstream: Upstream,
-    account: Account,
-    room_id: str,
-    event_type: str,
-    content: dict[str, Any],
-    txn_key: str,
-) -> dict[str, Any]:
-    """Share the room key, encrypt, and save the ciphertext under the txn before it is sent."""
-    async with account.room_lock(room_id):
-        for attempt in range(2):
-            members = await room_members(upstream, account, room_id)
-            await share_room_key(upstream, account, room_id, members)
-            try:
-                async with account.step() as step:
-                    encrypted = step.machine.encrypt(room_id, event_type, content)
-                    step.persist(txns={txn_key: {"room_id": room_id, "content": encrypted}})
-            except LocalProtocolError:
-                # The session rotated between sharing and encrypting: share the new one.
-                if attempt:
-                    raise
-                continue
-            return encrypted
-    raise AssertionError("unreachable")
 
 
 async def _send_encrypted(
@@ -225,7 +142,7 @@ async def send(request: web.Request) -> web.StreamResponse:
         # Encrypted before a crash or a failed send: send the same ciphertext again.
         return await _send_encrypted(request, account, room_id, txn, stored["content"], txn_key)
     content = await encrypt_references(request, account, content)
-    encrypted = await _encrypt(upstream, account, room_id, event_type, content, txn_key)
+    encrypted = await encrypt_for_room(upstream, account, room_id, event_type, content, txn_key)
     return await _send_encrypted(request, account, room_id, txn, encrypted, txn_key)
 
 
@@ -239,7 +156,7 @@ async def _send_without_keys(
     )
     if status == 200:
         raise refuse(info)
-    if not _no_such_state(status, body):
+    if not no_such_state(status, body):
         raise homeserver_error(status, body, "Could not tell whether the room is encrypted")
     return respond(await forward_for_json(request, body=raw))
 

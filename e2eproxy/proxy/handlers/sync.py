@@ -22,7 +22,7 @@ from e2eproxy.proxy.handlers.common import (
 )
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
 from e2eproxy.proxy.handlers.passthrough import passthrough
-from e2eproxy.proxy.intake import CLIENT_STREAM, process_sync
+from e2eproxy.proxy.intake import CLIENT_STREAM, feed_verifications, process_sync
 from e2eproxy.proxy.outgoing import call
 
 
@@ -77,6 +77,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
         return respond(answer)
     await process_sync(account, body, CLIENT_STREAM)
     await decrypt_in_place(request, account, list(sync_slots(body)), wait=True)
+    await feed_verifications(account, body)
     strip_crypto_to_device(body)
     if client_filter is not None:
         apply_client_filter(body, client_filter)
