@@ -17,13 +17,9 @@ import pytest
 
 from tests.e2e.conftest import PeerFactory
 from tests.e2e.test_e2ee_proxy import Plain, plain_with_peer_room, show
-from tests.support.nio_peer import (
-    assert_ciphertext_only,
-    decrypt_file,
-    download_media_raw,
-    upload_encrypted_file,
-)
+from tests.support.nio_peer import decrypt_file, download_media_raw, upload_encrypted_file
 from tests.support.synapse import SynapseServer
+from tests.support.wire import assert_ciphertext_only
 
 pytestmark = pytest.mark.e2e
 

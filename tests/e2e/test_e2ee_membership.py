@@ -10,8 +10,9 @@ import pytest
 
 from tests.e2e.conftest import PeerFactory
 from tests.e2e.test_e2ee_proxy import plain_login
-from tests.support.nio_peer import NioPeer, assert_ciphertext_only
+from tests.support.nio_peer import NioPeer
 from tests.support.synapse import SynapseServer
+from tests.support.wire import assert_ciphertext_only
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,9 @@ import pytest
 
 from tests.e2e.client import PlainClient
 from tests.e2e.conftest import PeerFactory
-from tests.support.nio_peer import MEGOLM, NioPeer, assert_ciphertext_only, encryption_state
-from tests.support.plain_client import megolm_message_index
+from tests.support.nio_peer import NioPeer, encryption_state
 from tests.support.synapse import SynapseServer
+from tests.support.wire import MEGOLM, assert_ciphertext_only, megolm_message_index
 
 pytestmark = pytest.mark.e2e
 

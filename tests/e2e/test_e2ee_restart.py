@@ -21,9 +21,9 @@ import pytest
 
 from tests.e2e.conftest import PeerFactory
 from tests.e2e.test_e2ee_proxy import Plain, decrypted_message, plain_with_peer_room, show
-from tests.support.nio_peer import assert_ciphertext_only
 from tests.support.processes import ProxyProcess
 from tests.support.synapse import SynapseServer, free_port
+from tests.support.wire import assert_ciphertext_only
 
 # The proxy is killed under its clients: `session` pools no connection to the dead process.
 pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]

@@ -12,8 +12,8 @@ import pytest
 
 from tests.e2e.conftest import PeerFactory
 from tests.e2e.test_e2ee_proxy import Plain, plain_with_peer_room
-from tests.support.nio_peer import assert_ciphertext_only
 from tests.support.synapse import SynapseServer
+from tests.support.wire import assert_ciphertext_only
 
 pytestmark = pytest.mark.e2e
 

@@ -31,14 +31,13 @@ from tests.integration.conftest import RunningProxy, StartE2EEProxy
 from tests.support.plain_client import (
     MediaAnswer,
     PlainClient,
-    assert_ciphertext_only,
     encrypted_room_of,
     get_media,
     login_all,
-    raw_messages,
     upload_media,
 )
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import assert_ciphertext_only, raw_messages
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
 THUMB = b"\x89PNG\r\n\x1a\n" + os.urandom(700)

@@ -20,8 +20,9 @@ from tests.integration.test_attachments import (  # noqa: F401  (fixtures)
     stub_media,
     upload_media,
 )
-from tests.support.plain_client import encrypted_room_of, raw_messages
+from tests.support.plain_client import encrypted_room_of
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import raw_messages
 
 
 async def test_expired_upload_is_not_used_before_the_periodic_sweep(

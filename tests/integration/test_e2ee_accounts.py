@@ -14,14 +14,9 @@ from e2eproxy.config import EncryptionConfig
 from e2eproxy.store import AccountKey, SqliteStore
 from e2eproxy.types import DeviceId, UserId
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import (
-    PlainClient,
-    assert_ciphertext_only,
-    encrypted_room_of,
-    login_all,
-    raw_messages,
-)
+from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import assert_ciphertext_only, raw_messages
 
 ENCRYPTION_STATE = {
     "type": "m.room.encryption",

@@ -5,13 +5,9 @@ from __future__ import annotations
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import (
-    V3,
-    PlainClient,
-    login_all,
-    raw_messages,
-)
+from tests.support.plain_client import V3, PlainClient, login_all
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import raw_messages
 
 
 async def test_login_again_on_the_same_device_keeps_its_keys(

@@ -5,12 +5,9 @@ from __future__ import annotations
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import (
-    assert_ciphertext_only,
-    login_all,
-    to_device_recipients,
-)
+from tests.support.plain_client import login_all, to_device_recipients
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import assert_ciphertext_only
 
 
 async def test_two_proxies_send_right_after_joining(

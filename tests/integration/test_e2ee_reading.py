@@ -14,14 +14,9 @@ import pytest
 from e2eproxy.config import EncryptionConfig
 from e2eproxy.protocol.canonical import verify_json
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import (
-    MEGOLM,
-    PlainClient,
-    assert_ciphertext_only,
-    login_all,
-    raw_messages,
-)
+from tests.support.plain_client import PlainClient, login_all
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import MEGOLM, assert_ciphertext_only, raw_messages
 
 JsonDict = dict[str, Any]
 

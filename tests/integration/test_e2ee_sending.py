@@ -14,16 +14,14 @@ from e2eproxy.config import EncryptionConfig
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
     PlainClient,
-    assert_ciphertext_only,
     encrypted_room_of,
     get_media,
     login_all,
-    megolm_message_index,
-    raw_messages,
     to_device_recipients,
     upload_media,
 )
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import assert_ciphertext_only, megolm_message_index, raw_messages
 
 ENCRYPTION_STATE = {
     "type": "m.room.encryption",

@@ -12,9 +12,10 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import PlainClient, login_all, raw_messages
+from tests.support.plain_client import PlainClient, login_all
 from tests.support.raw_http import raw_request
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import raw_messages
 
 V3 = "/_matrix/client/v3"
 

@@ -10,14 +10,9 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import (
-    PlainClient,
-    assert_ciphertext_only,
-    encrypted_room_of,
-    login_all,
-    raw_messages,
-)
+from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import assert_ciphertext_only, raw_messages
 
 V3 = "/_matrix/client/v3"
 FORM = "application/x-www-form-urlencoded"

@@ -19,9 +19,9 @@ import pytest
 
 from tests.interop.conftest import JsPeers, PlainLogin
 from tests.support.js_peer import JsEvent, JsPeer
-from tests.support.nio_peer import assert_ciphertext_only
 from tests.support.plain_client import PlainClient, get_media, upload_media
 from tests.support.synapse import SynapseServer
+from tests.support.wire import assert_ciphertext_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,12 +48,11 @@ from nio.api import Api
 from nio.crypto import OlmDevice
 from nio.exceptions import EncryptionError
 
-MEGOLM = "m.megolm.v1.aes-sha2"
+from tests.support.wire import MEGOLM
+
 # One long-poll inside a deadline loop: short, so a loop never overshoots its deadline by much.
 POLL_MS = 300
 DEFAULT_TIMEOUT = 15.0
-# Room events a plain client would write: none of these may sit in an encrypted room's history.
-MESSAGE_LIKE = frozenset({"m.room.message", "m.reaction", "m.sticker", "m.room.encrypted"})
 # Enough that a burst between two syncs never makes a timeline `limited` (with a gap).
 _SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
 
@@ -99,27 +98,6 @@ def encryption_state(rotation_period_msgs: int | None = None) -> dict[str, Any]:
     if rotation_period_msgs is not None:
         content["rotation_period_msgs"] = rotation_period_msgs
     return {"type": "m.room.encryption", "state_key": "", "content": content}
-
-
-def assert_ciphertext_only(raw_events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check raw server history: every message-like event is `m.room.encrypted` with Megolm.
-
-    Returns the encrypted events (in the order given). Fails on any plaintext message, reaction or
-    sticker, and on an encrypted event whose content looks like plaintext leaked beside it.
-    """
-    encrypted = []
-    for event in raw_events:
-        kind = event.get("type")
-        if kind not in MESSAGE_LIKE:
-            continue
-        assert kind == "m.room.encrypted", f"plaintext {kind} on the server: {event}"
-        content = event.get("content", {})
-        assert content.get("algorithm") == MEGOLM, f"not Megolm: {event}"
-        assert content.get("ciphertext") and content.get("session_id"), f"no ciphertext: {event}"
-        leaked = {"body", "msgtype", "formatted_body", "url", "m.new_content"} & set(content)
-        assert not leaked, f"cleartext fields {leaked} beside the ciphertext: {event}"
-        encrypted.append(event)
-    return encrypted
 
 
 class NioPeer:

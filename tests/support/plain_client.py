@@ -8,7 +8,6 @@ short server-side timeouts until a predicate holds or the deadline passes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 from collections.abc import Callable
@@ -246,25 +245,7 @@ class PlainClient:
         return list(body["chunk"])
 
 
-# -- what the stub homeserver stored --------------------------------------------------------
-MEGOLM = "m.megolm.v1.aes-sha2"
-
-
-def raw_messages(raw_events: list[JsonDict]) -> list[JsonDict]:
-    """The non-state events of a room's raw history (what senders wrote, as stored)."""
-    return [e for e in raw_events if "state_key" not in e]
-
-
-def assert_ciphertext_only(raw_events: list[JsonDict]) -> None:
-    """Every non-state event is a Megolm m.room.encrypted event holding no plaintext body."""
-    for event in raw_messages(raw_events):
-        assert event["type"] == "m.room.encrypted", event
-        content = event["content"]
-        assert content.get("algorithm") == MEGOLM, event
-        assert isinstance(content.get("ciphertext"), str), event
-        assert "body" not in content and "msgtype" not in content, event
-
-
+# -- the stub homeserver ---------------------------------------------------------------------
 async def login_all(
     http: aiohttp.ClientSession, base_url: str, stub: Any, *names: str
 ) -> list[PlainClient]:
@@ -276,19 +257,6 @@ async def login_all(
         await client.login(name)
         clients.append(client)
     return clients
-
-
-def megolm_message_index(ciphertext: str) -> int:
-    """The message index in a Megolm message: version byte 3, then protobuf field 1 (varint)."""
-    data = base64.b64decode(ciphertext + "=" * (-len(ciphertext) % 4))
-    assert data[0] == 3 and data[1] == 0x08, f"not a Megolm v1 message: {data[:4]!r}"
-    index, shift = 0, 0
-    for byte in data[2:]:
-        index |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return index
-    raise AssertionError("truncated varint in a Megolm message")
 
 
 def to_device_recipients(requests: list[Any], since: int = 0) -> list[tuple[str, str]]:
