@@ -171,6 +171,10 @@ class OlmMachine:
         """Route to-device events of ``event_types`` (plain or decrypted) to ``handler``."""
         self._router.register(event_types, handler, plaintext=plaintext)
 
+    def refresh_devices(self, users: Iterable[str]) -> None:
+        """Query these users' devices (and cross-signing keys) again."""
+        self._devices.mark_changed([UserId(u) for u in users])
+
     def mark_all_tracked_users_dirty(self) -> None:
         """The sync position was lost: device list changes since then were never seen."""
         self._devices.mark_changed(list(self._devices.users))

@@ -105,7 +105,15 @@ class Trust:
     def _feed(self, incoming: IncomingEvent) -> None:
         self.flows.me = self._me()
         self._send(self.flows.receive(incoming))
+        self._start_when_ready()
         self._settle()
+
+    def _start_when_ready(self) -> None:
+        """A request of ours the other side made ready: start SAS, the only method we offer
+        (a headless proxy has no one to pick a method; if both start, the spec picks one)."""
+        for flow in self.flows.flows():
+            if flow.we_requested and flow.phase is Phase.READY:
+                self._send(flow.start_sas())
 
     # -- user actions (ctl) --------------------------------------------------------------
     def start_to_device(self, user_id: str, device_id: str | None) -> Verification:
