@@ -1,13 +1,15 @@
-"""Fixtures of the real-Synapse tier (Synapse itself and the proxy: tests/conftest.py)."""
+"""Fixtures of the real-Synapse tier: nio peers and the proxy as a child process (Synapse itself
+and the in-process proxy: tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.nio_peer import NioPeer
+from tests.support.processes import ProxyProcess, running_proxy
 from tests.support.synapse import SynapseServer
 
 PeerFactory = Callable[[str], Awaitable[NioPeer]]
@@ -31,3 +33,11 @@ async def nio_peers(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[Pee
     finally:
         for peer in peers:
             await peer.close()
+
+
+@pytest.fixture
+def proxy_process(synapse: SynapseServer, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """`e2eproxy run` for `synapse` as a real child process, for tests that stop, kill and restart
+    it on the same port and store (its stderr also in tmp_path/proxy.log)."""
+    with running_proxy(synapse.base_url, tmp_path / "proxy-data", tmp_path / "proxy.log") as proxy:
+        yield proxy

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,31 +19,17 @@ import pytest
 
 from tests.e2e.conftest import PeerFactory
 from tests.e2e.test_e2ee_proxy import Plain, decrypted_message, plain_with_peer_room, show
-from tests.support.processes import ProxyProcess
-from tests.support.synapse import SynapseServer, free_port
+from tests.support.processes import SIGTERM_EXIT_S, ProxyProcess
+from tests.support.synapse import SynapseServer
 from tests.support.wire import assert_ciphertext_only
 
 # The proxy is killed under its clients: `session` pools no connection to the dead process.
 pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]
 
-# SHUTDOWN_TIMEOUT_S (5 s) for in-flight requests, and a margin.
-SIGTERM_EXIT_S = 8.0
 # After SIGKILL the next process waits out the dead holder's lease (LEASE_MS + 2 s) first.
 RESTART_AFTER_KILL_S = 30.0
 BURST = 30
 AT_ONCE = 3
-
-
-@pytest.fixture
-async def proxy(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[ProxyProcess]:
-    process = ProxyProcess(
-        synapse.base_url, free_port(), tmp_path / "proxy-data", log_path=tmp_path / "proxy.log"
-    )
-    try:
-        process.start()
-        yield process
-    finally:
-        process.stop()
 
 
 async def own_devices(synapse: SynapseServer, plain: Plain) -> dict[str, Any]:
@@ -67,13 +51,13 @@ def bodies_of(history: list[dict[str, Any]]) -> list[str]:
 
 async def test_sigterm_restart_keeps_token_device_and_history(
     session: aiohttp.ClientSession,
-    proxy: ProxyProcess,
+    proxy_process: ProxyProcess,
     synapse: SynapseServer,
     nio_peers: PeerFactory,
     localpart: str,
 ) -> None:
     plain, peer, room_id = await plain_with_peer_room(
-        session, proxy.url, synapse, nio_peers, localpart, name="restarts"
+        session, proxy_process.url, synapse, nio_peers, localpart, name="restarts"
     )
     nio_view = await peer.query_devices(plain.user_id)
     assert set(nio_view) == {plain.device_id}, sorted(nio_view)
@@ -89,9 +73,9 @@ async def test_sigterm_restart_keeps_token_device_and_history(
     decrypted_message(got, "before the restart, from nio", peer.user_id)
 
     started = time.monotonic()
-    assert proxy.terminate(timeout=SIGTERM_EXIT_S) == 0, proxy.tail()
+    assert proxy_process.terminate(timeout=SIGTERM_EXIT_S) == 0, proxy_process.tail()
     print(f"SIGTERM: exited in {time.monotonic() - started:.2f} s")
-    proxy.start()
+    proxy_process.start()
 
     # The same token, with no new login: the proxy knows it again from its store.
     whoami = await plain.client.whoami()
@@ -184,7 +168,7 @@ async def burst_until_killed(
 )
 async def test_sigkill_then_client_retries_same_txns(
     session: aiohttp.ClientSession,
-    proxy: ProxyProcess,
+    proxy_process: ProxyProcess,
     synapse: SynapseServer,
     nio_peers: PeerFactory,
     localpart: str,
@@ -193,7 +177,7 @@ async def test_sigkill_then_client_retries_same_txns(
     kill_after_s: float | None,
 ) -> None:
     plain, peer, room_id = await plain_with_peer_room(
-        session, proxy.url, synapse, nio_peers, localpart, name="restarts"
+        session, proxy_process.url, synapse, nio_peers, localpart, name="restarts"
     )
     earlier: list[str] = []
     if warm_up:
@@ -202,11 +186,13 @@ async def test_sigkill_then_client_retries_same_txns(
     device_keys = (await peer.query_devices(plain.user_id))[plain.device_id].keys
     server_view = await own_devices(synapse, plain)
 
-    answered, failed = await burst_until_killed(plain, room_id, proxy, kill_batch, kill_after_s)
+    answered, failed = await burst_until_killed(
+        plain, room_id, proxy_process, kill_batch, kill_after_s
+    )
     raw = await synapse.room_messages(peer.access_token, room_id)
     reached = len(assert_ciphertext_only(raw)) - len(earlier)
     print(f"killed: {len(answered)} answered, {failed} failed, {reached} on the server")
-    proxy.start(timeout=RESTART_AFTER_KILL_S)
+    proxy_process.start(timeout=RESTART_AFTER_KILL_S)
 
     # The client retries every txn, the same ids with the same contents.
     retried: dict[int, str] = {}

@@ -12,11 +12,7 @@ import pytest
 
 from tests.e2e.conftest import PeerFactory
 from tests.e2e.test_e2ee_proxy import plain_with_peer_room
-from tests.e2e.test_e2ee_restart import (  # noqa: F401  (fixtures)
-    SIGTERM_EXIT_S,
-    proxy,
-)
-from tests.support.processes import ProxyProcess
+from tests.support.processes import SIGTERM_EXIT_S, ProxyProcess
 from tests.support.synapse import SynapseServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]
@@ -24,13 +20,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]
 
 async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
     session: aiohttp.ClientSession,
-    proxy: ProxyProcess,  # noqa: F811
+    proxy_process: ProxyProcess,
     synapse: SynapseServer,
     nio_peers: PeerFactory,
     localpart: str,
 ) -> None:
     plain, _peer, _room = await plain_with_peer_room(
-        session, proxy.url, synapse, nio_peers, localpart
+        session, proxy_process.url, synapse, nio_peers, localpart
     )
     await plain.sync_once(timeout_ms=0)
     long_poll = asyncio.create_task(
@@ -43,11 +39,11 @@ async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
     await asyncio.sleep(0.3)
     assert not long_poll.done(), long_poll
     # A deadline, not a measurement: terminate() fails the test if the proxy is still there.
-    code = await asyncio.to_thread(proxy.terminate, SIGTERM_EXIT_S)
-    assert code == 0, proxy.tail()
+    code = await asyncio.to_thread(proxy_process.terminate, SIGTERM_EXIT_S)
+    assert code == 0, proxy_process.tail()
     await asyncio.wait([long_poll], timeout=2)
     assert long_poll.done()
     long_poll.exception()  # answered or cut off: either is fine (the client syncs again)
     # And the restart still works with the same token.
-    proxy.start()
+    proxy_process.start()
     assert (await plain.client.whoami())["device_id"] == plain.device_id

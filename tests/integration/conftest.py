@@ -3,7 +3,7 @@ client sessions: tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
 from e2eproxy.proxy.app import create_app
 from e2eproxy.store import MemoryStore, Store
+from tests.support.processes import ProxyProcess, running_proxy
 from tests.support.stub_homeserver import StubHomeserver
 
 StartProxy = Callable[..., Awaitable[str]]
@@ -43,6 +44,15 @@ async def start_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[Sta
 @pytest.fixture
 async def proxy_url(start_proxy: StartProxy) -> str:
     return await start_proxy()
+
+
+@pytest.fixture
+def proxy_process(stub: StubHomeserver, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """`e2eproxy run` in front of the stub as a real child process, for tests that read its own
+    memory apart from the test process and the stub (its stderr also in tmp_path/proxy.log)."""
+    assert stub.base_url is not None
+    with running_proxy(stub.base_url, tmp_path / "data", tmp_path / "proxy.log") as proxy:
+        yield proxy
 
 
 @dataclass

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.support.plain_client import PlainClient, encrypted_room_of, login_all, media_path
-from tests.support.processes import peak_rss_mb
+from tests.support.processes import ProxyProcess, peak_rss_mb
 from tests.support.stub_homeserver import StubHomeserver
-from tests.support.synapse import free_port
 
 MIB = 1024 * 1024
 BODY_MIB = 100
@@ -42,58 +37,11 @@ async def body() -> AsyncIterator[bytes]:
         yield piece(i)
 
 
-@pytest.fixture
-def proxy_log(tmp_path: Path) -> Path:
-    return tmp_path / "proxy.log"
-
-
-@pytest.fixture
-def proxy_process(
-    stub: StubHomeserver, tmp_path: Path, proxy_log: Path
-) -> Iterator[tuple[str, int]]:
-    """`e2eproxy run` in front of the stub, its stderr in `proxy_log` (shown when a test fails)."""
-    assert stub.base_url is not None
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
-    with proxy_log.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "e2eproxy",
-                "run",
-                "--homeserver",
-                stub.base_url,
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--data-dir",
-                str(tmp_path / "data"),
-            ],
-            stderr=log,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while "Listening on" not in proxy_log.read_text():
-            assert process.poll() is None, proxy_log.read_text()
-            assert time.monotonic() < deadline, proxy_log.read_text()
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def log_tail(path: Path, lines: int = 60) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memory(
-    stub: StubHomeserver, proxy_process: tuple[str, int], proxy_log: Path
+    stub: StubHomeserver, proxy_process: ProxyProcess
 ) -> None:
-    proxy, pid = proxy_process
+    proxy, pid = proxy_process.url, proxy_process.pid
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         alice, bob = await login_all(http, proxy, stub, "alice", "bob")
@@ -132,7 +80,7 @@ async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memo
         try:
             received, got = await slow_download(bob, mxc)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nproxy log:\n{log_tail(proxy_log)}") from None
+            raise AssertionError(f"{exc}\nproxy log:\n{proxy_process.tail(60)}") from None
         after_download = peak_rss_mb(pid)
 
     assert got == size

@@ -4,7 +4,6 @@ unchanged, except for hop-by-hop headers and CORS, which the proxy owns."""
 from __future__ import annotations
 
 import json
-import socket
 
 import aiohttp
 import pytest
@@ -12,6 +11,7 @@ from yarl import URL
 
 from tests.integration.conftest import StartProxy
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.synapse import free_port
 
 V3 = "/_matrix/client/v3"
 
@@ -193,17 +193,11 @@ async def test_unknown_paths_get_matrix_json(
         }
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_upstream_down_is_a_502_json_and_the_proxy_keeps_serving(
     exact_session: aiohttp.ClientSession, start_proxy: StartProxy
 ) -> None:
-    proxy = await start_proxy(homeserver=f"http://127.0.0.1:{closed_port()}")
+    # A port just released: nothing listens there.
+    proxy = await start_proxy(homeserver=f"http://127.0.0.1:{free_port()}")
     for _ in range(2):
         async with exact_session.get(f"{proxy}/_matrix/client/versions") as response:
             assert response.status == 502

@@ -7,18 +7,14 @@ read on its own, apart from the test process and the stub, which must hold the f
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.support.processes import peak_rss_mb, wait_for_line
+from tests.support.processes import ProxyProcess, peak_rss_mb
 from tests.support.stub_homeserver import StubHomeserver
-from tests.support.synapse import free_port
 
 BODY_MB = 50
 CHUNK = 1024 * 1024
@@ -35,43 +31,11 @@ async def body() -> AsyncIterator[bytes]:
         yield chunk(i)
 
 
-@pytest.fixture
-def proxy_process(stub: StubHomeserver, tmp_path: Path) -> Iterator[tuple[str, int]]:
-    assert stub.base_url is not None
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "e2eproxy",
-            "run",
-            "--homeserver",
-            stub.base_url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stderr is not None
-        assert "Listening on" in wait_for_line(process.stderr, "Listening on")
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 async def test_50_mb_up_and_down_without_buffering(
-    stub: StubHomeserver, proxy_process: tuple[str, int]
+    stub: StubHomeserver, proxy_process: ProxyProcess
 ) -> None:
-    proxy, pid = proxy_process
+    proxy, pid = proxy_process.url, proxy_process.pid
     stub.register("big", "pw")
     async with aiohttp.ClientSession() as http:
         login = {"type": "m.login.password", "user": "big", "password": "pw"}

@@ -1,4 +1,6 @@
-"""Helpers for tests that run e2eproxy as a real process."""
+"""Helpers for tests that run e2eproxy (or anything else) as a real child process: the child's
+environment (`child_env`), a CLI command run to its end (`run_cli`), and the proxy itself, running
+(`ProxyProcess`, `running_proxy`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,53 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from tests.support.synapse import free_port
+
+E2EPROXY = (sys.executable, "-m", "e2eproxy")
+# How long a SIGTERM may take: SHUTDOWN_TIMEOUT_S (5 s) for in-flight requests, and a margin.
+SIGTERM_EXIT_S = 8.0
+# Never the developer's real keyring: a store falls back to a key file in its data dir.
+NULL_KEYRING = "keyring.backends.null.Keyring"
+
+
+def child_env(
+    *, drop_proxies: bool = True, drop_passphrase: bool = True, **add: str
+) -> dict[str, str]:
+    """The environment for a child process: this one's, with the null keyring, and `add` on top.
+
+    drop_proxies: without the HTTP proxy variables (`*_proxy`, any case): the child talks to
+    127.0.0.1 and must not be sent through a proxy of the developer's.
+    drop_passphrase: without E2EPROXY_STORE_PASSPHRASE: a store's key source is the test's choice
+    (pass it in `add`), never whatever the developer's shell holds.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not (drop_proxies and key.lower().endswith("_proxy"))
+        and not (drop_passphrase and key == "E2EPROXY_STORE_PASSPHRASE")
+    }
+    env["PYTHON_KEYRING_BACKEND"] = NULL_KEYRING
+    env.update(add)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m e2eproxy ARGS` run to its end (stdin closed, output captured); the deadline
+    `timeout` fails the test with TimeoutExpired. `env`: by default `child_env()`."""
+    return subprocess.run(
+        [*E2EPROXY, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env() if env is None else env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -21,29 +68,16 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM in /proc status")
 
 
-def wait_for_line(stream: IO[str], needle: str, max_lines: int = 50) -> str:
-    """Read lines until one contains `needle` (warnings may come first); '' at end of stream."""
-    for _ in range(max_lines):
-        line = stream.readline()
-        if not line or needle in line:
-            return line
-    return ""
-
-
 class ProxyProcess:
     """`python -m e2eproxy run` as a child process, restartable on the same port and data dir.
 
     Its stderr is drained by a thread into `lines` (and `log_path`, when given), so a chatty proxy
     never blocks on a full pipe and a failing test can show what the proxy said:
 
-        proxy = ProxyProcess(synapse.base_url, free_port(), tmp_path / "data")
-        try:
-            proxy.start()
+        with running_proxy(synapse.base_url, tmp_path / "data") as proxy:
             ...
             assert proxy.terminate() == 0
             proxy.start()  # same port, same store
-        finally:
-            proxy.stop()
     """
 
     def __init__(
@@ -75,12 +109,8 @@ class ProxyProcess:
     def start(self, timeout: float = 30.0) -> None:
         """Spawn the proxy and return once it prints "Listening on"; fail after `timeout` s."""
         assert self.process is None or self.process.poll() is not None, "already running"
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
         command = [
-            sys.executable,
-            "-m",
-            "e2eproxy",
+            *E2EPROXY,
             "run",
             "--homeserver",
             self.homeserver,
@@ -99,7 +129,7 @@ class ProxyProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=child_env(),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         assert self.process.stderr is not None
@@ -134,13 +164,14 @@ class ProxyProcess:
 
     def terminate(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait up to `timeout` s for the exit; returns the exit status."""
-        return self._signal(signal.SIGTERM, timeout)
+        return self.signal_and_wait(signal.SIGTERM, timeout)
 
     def kill(self, timeout: float = 10.0) -> int:
         """SIGKILL (no cleanup at all, as in a crash); returns the exit status."""
-        return self._signal(signal.SIGKILL, timeout)
+        return self.signal_and_wait(signal.SIGKILL, timeout)
 
-    def _signal(self, signum: int, timeout: float) -> int:
+    def signal_and_wait(self, signum: int, timeout: float = 10.0) -> int:
+        """Send `signum`, wait up to `timeout` s for the exit (else fail); the exit status."""
         process = self.process
         assert process is not None, "proxy not started"
         if process.poll() is None:
@@ -172,6 +203,20 @@ class ProxyProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "".join(self.lines[-lines:])
+
+
+@contextlib.contextmanager
+def running_proxy(
+    homeserver: str, data_dir: Path, log_path: Path | None = None
+) -> Iterator[ProxyProcess]:
+    """`e2eproxy run` for `homeserver` on a free port, started; stopped (killed if need be) on
+    the way out."""
+    proxy = ProxyProcess(homeserver, free_port(), data_dir, log_path=log_path)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 def _die_with_parent() -> None:

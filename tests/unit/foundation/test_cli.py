@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import functools
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from e2eproxy import __version__
-from tests.support.processes import wait_for_line
+from tests.support.processes import child_env, run_cli, running_proxy
 
-ENV = {k: v for k, v in os.environ.items() if k != "E2EPROXY_STORE_PASSPHRASE"}
-# Never touch the developer's real keyring: the store falls back to a key file in the data dir.
-ENV["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "e2eproxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env or ENV,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+cli = functools.partial(run_cli, timeout=30)
 
 
 def test_version() -> None:
@@ -45,7 +24,7 @@ def test_version() -> None:
 def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[servers.main]\nhomeserver = "https://hs.example"\n')
-    result = cli("check-config", str(config), env={**ENV, "E2EPROXY_STORE_PASSPHRASE": "hunter2"})
+    result = cli("check-config", str(config), env=child_env(E2EPROXY_STORE_PASSPHRASE="hunter2"))
     assert result.returncode == 0, result.stderr
     assert '"homeserver": "https://hs.example"' in result.stdout
     assert '"listen": "127.0.0.1:8009"' in result.stdout
@@ -92,31 +71,10 @@ def test_run_refuses_an_unwritable_data_dir(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_logs_where_it_listens_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "e2eproxy",
-            "run",
-            "--homeserver",
-            "http://127.0.0.1:1",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    try:
-        assert process.stderr is not None
-        line = wait_for_line(process.stderr, "Listening on")
-        assert f"Listening on http://127.0.0.1:{port} for homeserver http://127.0.0.1:1" in line
-        process.send_signal(signum)
-        assert process.wait(timeout=10) == 0  # the deadline: TimeoutExpired fails the test
+    with running_proxy("http://127.0.0.1:1", tmp_path / "data") as proxy:
+        [line] = [line for line in proxy.lines if "Listening on" in line]
+        expected = f"Listening on http://127.0.0.1:{proxy.port} for homeserver http://127.0.0.1:1"
+        assert expected in line
+        # The deadline: a proxy still running 10 s after the signal fails the test.
+        assert proxy.signal_and_wait(signum, timeout=10) == 0
         assert (tmp_path / "data").is_dir()
-    finally:
-        process.kill()
-        process.wait()

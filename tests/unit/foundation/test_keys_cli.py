@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import vodozemac
@@ -13,21 +11,13 @@ import vodozemac
 from e2eproxy.crypto.changes import Changes, InboundGroupSessionRecord
 from e2eproxy.store import AccountKey, SqliteStore
 from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
+from tests.support.processes import run_cli
 
-ENV = {k: v for k, v in os.environ.items() if k != "E2EPROXY_STORE_PASSPHRASE"}
-ENV["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
 USER = "@bot:example.org"
 
 
 def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "e2eproxy", "keys", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=ENV,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli("keys", *args)
 
 
 async def store_with_sessions(data_dir: Path, count: int) -> list[str]:

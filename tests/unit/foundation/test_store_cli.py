@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from e2eproxy.errors import WrongPassphrase
 from e2eproxy.store import AccountKey, SqliteStore
 from e2eproxy.types import DeviceId, UserId
+from tests.support.processes import child_env, run_cli
 
 ACCOUNT = AccountKey(UserId("@bot:example.org"), DeviceId("DEV"))
 
@@ -20,14 +19,8 @@ ACCOUNT = AccountKey(UserId("@bot:example.org"), DeviceId("DEV"))
 def store_cli(
     data_dir: Path, *args: str, passphrase: str | None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "E2EPROXY_STORE_PASSPHRASE"}
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
-    if passphrase is not None:
-        env["E2EPROXY_STORE_PASSPHRASE"] = passphrase
-    return subprocess.run(
-        [sys.executable, "-m", "e2eproxy", "store", "rekey", "--data-dir", str(data_dir), *args],
-        capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL,
-    )
+    key = {} if passphrase is None else {"E2EPROXY_STORE_PASSPHRASE": passphrase}
+    return run_cli("store", "rekey", "--data-dir", str(data_dir), *args, env=child_env(**key))
 
 
 async def _make(data_dir: Path, passphrase: str | None) -> None:
