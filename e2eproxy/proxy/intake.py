@@ -15,11 +15,18 @@ CLIENT_STREAM = "client"
 BACKGROUND_STREAM = "background"
 
 
-async def process_sync(account: Account, body: dict[str, Any], stream: str) -> SyncResult:
-    """Feed a /sync body to the engine and persist it with the stream's next token."""
+async def process_sync(account: Account, body: dict[str, Any], stream: str, *,
+                       initial: bool = False) -> SyncResult:
+    """Feed a /sync body to the engine and persist it with the stream's next token.
+
+    ``initial``: a sync without a position, which lists no device changes: whatever changed
+    before it (a member's new device or cross-signing keys) is never reported, so every
+    tracked user is queried again."""
     token = body.get("next_batch")
     async with account.step(wake=True) as step:
         result = step.machine.receive_sync(body)
+        if initial:
+            step.machine.mark_all_tracked_users_dirty()
         if isinstance(token, str):
             step.persist(sync_tokens={stream: token})
     for room_id in membership_changes(body):

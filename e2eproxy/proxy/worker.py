@@ -129,7 +129,7 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
             continue
         if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
             try:
-                await process_sync(account, body, BACKGROUND_STREAM)
+                await process_sync(account, body, BACKGROUND_STREAM, initial=not since)
                 await _verifications_of(account, body)
             except Exception:
                 # The position is not advanced, so the server delivers it all again: nothing

@@ -42,7 +42,8 @@ async def sync(request: web.Request) -> web.StreamResponse:
     body = answer.data
     if answer.status != 200 or not isinstance(body, dict):
         return respond(answer)
-    await process_sync(account, sliding.as_sync_body(body), CLIENT_STREAM)
+    await process_sync(account, sliding.as_sync_body(body), CLIENT_STREAM,
+                       initial="pos" not in request.query)
     await decrypt_in_place(request, account, list(sliding.sliding_slots(body)), wait=True)
     sliding.strip_crypto_to_device(body)
     return respond(answer, body)

@@ -75,7 +75,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     body = answer.data
     if answer.status != 200 or not isinstance(body, dict):
         return respond(answer)
-    await process_sync(account, body, CLIENT_STREAM)
+    await process_sync(account, body, CLIENT_STREAM, initial="since" not in request.query)
     await decrypt_in_place(request, account, list(sync_slots(body)), wait=True)
     await feed_verifications(account, body)
     strip_crypto_to_device(body)

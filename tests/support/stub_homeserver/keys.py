@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from .common import client_routes, json_body, ok, session_of, stub_of
-from .errors import bad_json_field, missing_param
+from .errors import MatrixError, bad_json_field, missing_param
 from .filters import SyncFilter
 from .stream import parse_token
 from .syncbuilder import SyncBuilder, SyncRequest
@@ -54,6 +56,10 @@ async def device_signing_upload(request: web.Request) -> web.Response:
     session = session_of(request)
     body = await json_body(request)
     stub = stub_of(request)
+    if stub.keys.cross_signing.get(session.user_id):
+        # As Synapse: the first upload needs no auth (MSC3967), replacing keys needs the
+        # user's password (user-interactive auth).
+        _password_auth(stub, session.user_id, body.get("auth"))
     stub.keys.upload_cross_signing(session.user_id, body)
     stub.keys.mark_changed(session.user_id)
     stub.stream.notify()
@@ -69,6 +75,23 @@ async def signatures_upload(request: web.Request) -> web.Response:
         stub.keys.mark_changed(user_id)
     stub.stream.notify()
     return ok(result)
+
+
+UIA_SESSION = "stub-uia-session"
+
+
+def _password_auth(stub: Any, user_id: str, auth: Any) -> None:
+    if not isinstance(auth, dict) or auth.get("type") != "m.login.password":
+        raise MatrixError(401, "M_FORBIDDEN", "Authentication required",
+                          flows=[{"stages": ["m.login.password"]}], params={},
+                          session=UIA_SESSION)
+    identifier = auth.get("identifier")
+    user = identifier.get("user") if isinstance(identifier, dict) else None
+    password = auth.get("password")
+    if user != user_id or not isinstance(password, str):
+        raise MatrixError(401, "M_FORBIDDEN", "Invalid auth", flows=[
+            {"stages": ["m.login.password"]}], params={}, session=UIA_SESSION)
+    stub.accounts.check_password(user_id, password)
 
 
 def routes() -> list[web.RouteDef]:
