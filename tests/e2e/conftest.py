@@ -3,16 +3,14 @@ and the in-process proxy: tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.nio_peer import NioPeer
+from tests.support.nio_peer import NioPeer, PeerFactory
 from tests.support.processes import ProxyProcess, running_proxy
 from tests.support.synapse import SynapseServer
-
-PeerFactory = Callable[[str], Awaitable[NioPeer]]
 
 
 @pytest.fixture

@@ -15,9 +15,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import PeerFactory
-from tests.e2e.test_e2ee_proxy import Plain, plain_with_peer_room, show
-from tests.support.nio_peer import decrypt_file, download_media_raw, upload_encrypted_file
+from tests.support.e2e_clients import Plain, plain_with_peer_room, show
+from tests.support.nio_peer import (
+    PeerFactory,
+    decrypt_file,
+    download_media_raw,
+    upload_encrypted_file,
+)
+from tests.support.plain_client import get_media, upload_media
 from tests.support.synapse import SynapseServer
 from tests.support.wire import assert_ciphertext_only
 
@@ -27,34 +32,15 @@ PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(20_000)
 THUMB = b"\x89PNG\r\n\x1a\n" + os.urandom(2_000)
 
 
-async def upload_through(
-    plain: Plain, data: bytes, content_type: str, filename: str | None = None
-) -> str:
-    client = plain.client
-    params = {"filename": filename} if filename else None
-    headers = {"Authorization": f"Bearer {client.access_token}", "Content-Type": content_type}
-    async with client.session.post(
-        client.base_url + "/_matrix/media/v3/upload", data=data, params=params, headers=headers
-    ) as response:
-        text = await response.text()
-        assert response.status == 200, text
-        return str((await response.json())["content_uri"])
-
-
 async def download_through(
     plain: Plain,
     mxc: str,
     kind: str = "download",
-    base: str = "/_matrix/client/v1/media",
+    api: str = "v1",
     params: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    client = plain.client
-    path = f"{base}/{kind}/{mxc.removeprefix('mxc://')}"
-    headers = {"Authorization": f"Bearer {client.access_token}"}
-    async with client.session.get(
-        client.base_url + path, headers=headers, params=params
-    ) as response:
-        return response.status, dict(response.headers), await response.read()
+    answer = await get_media(plain.client, mxc, kind, api, params=params)
+    return answer.status, answer.headers, answer.body
 
 
 def assert_stored_is_ciphertext(stored: bytes, plaintext: bytes) -> None:
@@ -73,8 +59,8 @@ async def test_plain_client_image_with_thumbnail_decrypts_in_nio(
     plain, peer, room_id = await plain_with_peer_room(
         session, proxy_url, synapse, nio_peers, localpart
     )
-    url = await upload_through(plain, PNG, "image/png", "holiday-secret.png")
-    thumb = await upload_through(plain, THUMB, "image/png", "holiday-thumb.png")
+    url = await upload_media(plain.client, PNG, "image/png", "holiday-secret.png")
+    thumb = await upload_media(plain.client, THUMB, "image/png", "holiday-thumb.png")
     content: dict[str, Any] = {
         "msgtype": "m.image",
         "body": "holiday-secret.png",
@@ -148,12 +134,12 @@ async def test_nio_encrypted_file_downloads_decrypted_through_the_proxy(
     assert got["file"]["url"] == file["url"], show(got)
     assert got.get("url") == file["url"], f"no url for a plain client: {show(got)}"
 
-    for base in ("/_matrix/client/v1/media", "/_matrix/media/v3", "/_matrix/media/r0"):
-        status, headers, body = await download_through(plain, got["url"], base=base)
-        assert status == 200, (base, status, body[:300])
-        assert body == plaintext, base
-        assert headers["Content-Type"].startswith("text/plain"), (base, headers)
-        assert "Content-Disposition" in headers, (base, headers)
+    for api in ("v1", "v3", "r0"):  # /_matrix/client/v1/media, /_matrix/media/v3 and r0
+        status, headers, body = await download_through(plain, got["url"], api=api)
+        assert status == 200, (api, status, body[:300])
+        assert body == plaintext, api
+        assert headers["Content-Type"].startswith("text/plain"), (api, headers)
+        assert "Content-Disposition" in headers, (api, headers)
     # No image, no thumbnail: a thumbnail request gets the decrypted file.
     status, _, body = await download_through(
         plain, got["url"], "thumbnail", params={"width": "32", "height": "32"}

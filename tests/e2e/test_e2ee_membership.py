@@ -8,9 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import PeerFactory
-from tests.e2e.test_e2ee_proxy import plain_login
-from tests.support.nio_peer import NioPeer
+from tests.support.e2e_clients import plain_login
+from tests.support.nio_peer import NioPeer, PeerFactory
 from tests.support.synapse import SynapseServer
 from tests.support.wire import assert_ciphertext_only
 

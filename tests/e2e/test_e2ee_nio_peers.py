@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import PeerFactory
+from tests.support.nio_peer import PeerFactory
 from tests.support.synapse import SynapseServer
 from tests.support.wire import MEGOLM, assert_ciphertext_only
 

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import PeerFactory
-from tests.e2e.test_e2ee_proxy import Plain, decrypted_message, plain_with_peer_room, show
+from tests.support.e2e_clients import Plain, decrypted_message, plain_with_peer_room, show
+from tests.support.nio_peer import PeerFactory
 from tests.support.processes import SIGTERM_EXIT_S, ProxyProcess
 from tests.support.synapse import SynapseServer
 from tests.support.wire import assert_ciphertext_only

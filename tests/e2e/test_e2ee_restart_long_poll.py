@@ -10,8 +10,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import PeerFactory
-from tests.e2e.test_e2ee_proxy import plain_with_peer_room
+from tests.support.e2e_clients import plain_with_peer_room
+from tests.support.nio_peer import PeerFactory
 from tests.support.processes import SIGTERM_EXIT_S, ProxyProcess
 from tests.support.synapse import SynapseServer
 
@@ -30,7 +30,7 @@ async def test_sigterm_with_open_long_poll_exits_within_shutdown_timeout(
     )
     await plain.sync_once(timeout_ms=0)
     long_poll = asyncio.create_task(
-        plain.client.request(
+        plain.client.call(
             "GET",
             "/_matrix/client/v3/sync",
             params={"timeout": "30000", "since": str(plain.client.next_batch)},

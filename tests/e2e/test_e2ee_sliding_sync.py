@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import PeerFactory
-from tests.e2e.test_e2ee_proxy import Plain, plain_with_peer_room
+from tests.support.e2e_clients import Plain, plain_with_peer_room
+from tests.support.nio_peer import PeerFactory
 from tests.support.synapse import SynapseServer
 from tests.support.wire import assert_ciphertext_only
 
@@ -35,7 +35,7 @@ async def sliding_until_event(
     params: dict[str, str] = {"timeout": "300"}
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        answer = await plain.client.request("POST", SLIDING, request, params=params)
+        answer = await plain.client.call("POST", SLIDING, request, params=params)
         params["pos"] = answer["pos"]
         ext = answer.get("extensions", {}).get("to_device", {})
         to_device.extend(ext.get("events", []))

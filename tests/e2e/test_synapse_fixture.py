@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.e2e.client import MatrixError, PlainClient, timeline_bodies
+from tests.support.plain_client import PlainClient, RequestFailed, timeline_bodies
 from tests.support.synapse import RATE_LIMIT_KEYS, SynapseError, SynapseServer
 
 pytestmark = pytest.mark.e2e
@@ -69,12 +69,12 @@ async def test_register_login_room_send_sync(synapse: SynapseServer, localpart: 
         await b.login(bob.user_id, "bob-pw")
         assert (await a.whoami())["user_id"] == alice.user_id
 
-        with pytest.raises(MatrixError) as wrong:
+        with pytest.raises(RequestFailed) as wrong:
             await PlainClient(session, synapse.base_url).login(alice.user_id, "nope")
         assert wrong.value.status == 403
 
         room_id = await a.create_room(name="fixture room", invite=[bob.user_id])
-        await b.join(room_id)
+        await b.join_by_id_or_alias(room_id)
         await b.sync()
         await a.send_text(room_id, "hello from alice")
         await a.send_text(room_id, "second line")

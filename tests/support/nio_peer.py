@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -453,3 +453,7 @@ def decrypt_file(file: dict[str, Any], ciphertext: bytes) -> bytes:
     from nio.crypto.attachments import decrypt_attachment
 
     return decrypt_attachment(ciphertext, file["key"]["k"], file["hashes"]["sha256"], file["iv"])
+
+
+# The e2e tier's `nio_peers` fixture: `await nio_peers("bob")` is a logged-in peer.
+PeerFactory = Callable[[str], Awaitable[NioPeer]]

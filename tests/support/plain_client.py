@@ -1,8 +1,10 @@
-"""A small plain Matrix client (no E2EE, no SDK) for the integration tests of the proxy.
+"""The one plain Matrix client of the tests (bare aiohttp, no E2EE, no SDK), for every tier.
 
-It talks the client-server API over one aiohttp session to a base URL (the proxy, or the stub
-directly) and keeps its own `since` token. Waits are deadline-bounded: `sync_until` polls with
-short server-side timeouts until a predicate holds or the deadline passes.
+It talks the client-server API over one aiohttp session to a base URL (the proxy, the stub or
+Synapse directly) and keeps its own `since` token and every /sync body it got. `request` gives
+(status, body) as answered; `call` fails with RequestFailed unless the status is the expected one.
+Waits are deadline-bounded: `sync_until` polls with short server-side timeouts until a predicate
+holds or the deadline passes.
 """
 
 from __future__ import annotations
@@ -66,10 +68,16 @@ class PlainClient:
                 return response.status, text
 
     async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        expect: int = 200,
     ) -> Any:
+        """The answer's body; RequestFailed (with status and body) on any status but `expect`."""
         status, data = await self.request(method, path, body, params)
-        if status != 200:
+        if status != expect:
             raise RequestFailed(method, path, status, data)
         return data
 
@@ -124,8 +132,16 @@ class PlainClient:
     async def invite(self, room_id: str, user_id: str) -> None:
         await self.call("POST", f"{V3}/rooms/{q(room_id)}/invite", {"user_id": user_id})
 
-    async def join(self, room_id: str) -> None:
-        await self.call("POST", f"{V3}/rooms/{q(room_id)}/join", {})
+    async def join(self, room_id: str) -> str:
+        """POST /rooms/{roomId}/join; the joined room's id."""
+        answer = await self.call("POST", f"{V3}/rooms/{q(room_id)}/join", {})
+        return str(answer["room_id"])
+
+    async def join_by_id_or_alias(self, room: str) -> str:
+        """POST /join/{roomIdOrAlias}, the other form (the proxy passes it through as it is);
+        the joined room's id."""
+        answer = await self.call("POST", f"{V3}/join/{q(room)}", {})
+        return str(answer["room_id"])
 
     async def leave(self, room_id: str) -> None:
         await self.call("POST", f"{V3}/rooms/{q(room_id)}/leave", {})
@@ -243,6 +259,16 @@ class PlainClient:
         path = f"{V1}/rooms/{q(room_id)}/relations/{q(event_id)}"
         body = await self.call("GET", "/".join([path, *(q(part) for part in narrow)]))
         return list(body["chunk"])
+
+
+def timeline_bodies(sync: JsonDict, room_id: str, section: str = "join") -> list[str]:
+    """The `m.room.message` bodies of one room's timeline in a sync answer, oldest first."""
+    room = sync.get("rooms", {}).get(section, {}).get(room_id, {})
+    return [
+        event["content"]["body"]
+        for event in room.get("timeline", {}).get("events", [])
+        if event.get("type") == "m.room.message"
+    ]
 
 
 # -- the stub homeserver ---------------------------------------------------------------------
