@@ -18,6 +18,7 @@ from e2eproxy.config import (
     store_only_config,
     with_overrides,
 )
+from e2eproxy.ctl_cli import add_ctl_parser, normalize_ctl_argv, run_ctl
 from e2eproxy.errors import E2EProxyError
 from e2eproxy.keys_cli import add_keys_parser, run_keys
 from e2eproxy.log import setup_logging
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     add_keys_parser(commands)
     add_store_parser(commands)
+    add_ctl_parser(commands)
     return parser
 
 
@@ -62,8 +64,12 @@ def _effective(config: Config) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = normalize_ctl_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "ctl":
+            setup_logging("warning")
+            return run_ctl(args)  # prints its own errors (as JSON with --json)
         if args.command == "check-config":
             config = load_config(args.file)
             print(json.dumps(_effective(config), indent=2, sort_keys=True))
