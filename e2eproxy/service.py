@@ -11,8 +11,13 @@ from pathlib import Path
 from aiohttp import web
 
 from e2eproxy.config import Config
+from e2eproxy.control.commands import command_table
+from e2eproxy.control.protocol import socket_path
+from e2eproxy.control.server import ControlServer
 from e2eproxy.errors import ConfigError
 from e2eproxy.proxy.app import create_app
+from e2eproxy.proxy.app_keys import REGISTRY
+from e2eproxy.proxy.registry import AccountRegistry
 from e2eproxy.store import open_store
 
 log = logging.getLogger("e2eproxy")
@@ -36,13 +41,20 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Start every listener, wait for a stop signal (or `stop`), then shut down cleanly."""
     prepare_data_dir(config.store.data_dir)
     stop = stop or asyncio.Event()
+    # One control socket for the process; each listener's registry joins the list the
+    # commands read as soon as it is up. Served first: a second process on this data dir is
+    # refused here, before it opens the store or waits for leases.
+    registries: list[AccountRegistry] = []
+    control = ControlServer(socket_path(config.store.data_dir), command_table(registries))
+    await control.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runners: list[web.AppRunner] = []
-    # Opened before listening: a wrong passphrase stops the start with one line.
-    store = await open_store(config.store, config.store_passphrase())
+    store = None
     try:
+        # Opened before listening: a wrong passphrase stops the start with one line.
+        store = await open_store(config.store, config.store_passphrase())
         for server in config.servers:
             runner = web.AppRunner(
                 create_app(server, config, store=store),
@@ -51,6 +63,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             )
             await runner.setup()
             runners.append(runner)
+            registries.append(runner.app[REGISTRY])
             site = web.TCPSite(runner, server.listen.host, server.listen.port, reuse_address=True)
             try:
                 await site.start()
@@ -64,6 +77,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        # First: no command may reach an account while the accounts stop.
+        await control.close()
         for runner in reversed(runners):
             await runner.cleanup()
-        await store.close()
+        if store is not None:
+            await store.close()
