@@ -166,3 +166,31 @@ def full_changes() -> Changes:
         withheld=[WithheldRecord(ROOM, SessionId("S2"), "SK", "m.unverified", "no")],
         requests_added=[request],
     )
+
+
+async def save_secrets(store: SqliteStore | PostgresStore, data_dir: Path) -> dict[str, bytes]:
+    """Save a full batch, a txn answer and an access token into the open `store` (its key file in
+    `data_dir`); returns what must never be found in the clear in what it wrote, by name."""
+    changes = full_changes()
+    pickle_key = store.backend.pickle_key
+    await store.save(ALICE, changes, txns={"txn1": {"body": "meet me at noon"}})
+    await store.put_secret(ALICE, "access_token", "syt_YWxpY2U_topsecret")
+    igs = changes.inbound_group_sessions[0]
+    session_key = igs.session.export_at(0).to_base64()
+    acct = changes.account.account  # type: ignore[union-attr]
+    return {
+        "access token": b"syt_YWxpY2U_topsecret",
+        "message text": b"meet me at noon",
+        "session key": session_key.encode(),
+        "session key (raw)": session_key.encode()[8:40],
+        "account pickle": acct.pickle(pickle_key).encode()[:40],
+        "megolm pickle": igs.session.pickle(pickle_key).encode()[:40],
+        "pickle key": pickle_key,
+        "key file": (data_dir / "store.key").read_bytes(),
+        "room id": b"!room:example.org",
+        "user id": b"@alice:example.org",
+        "localpart": b"alice",
+        "device id": b"ALICEDEV",
+        "identity key": acct.curve25519_key.to_base64().encode(),
+        "json": b'"session_id"',
+    }

@@ -15,7 +15,7 @@ from e2eproxy.store import open_store
 from e2eproxy.store.pg_migrations import MIGRATIONS, Conn
 from e2eproxy.store.postgres import PostgresStore
 
-from .conftest import ALICE, BOB, full_changes
+from .conftest import ALICE, BOB, full_changes, save_secrets
 
 FAST = 2**10
 TABLES = ("meta", "accounts", "records", "leases", "schema_version")
@@ -159,32 +159,10 @@ async def test_tampered_or_swapped_values_are_refused(postgres_url: str, tmp_pat
 
 
 async def test_nothing_secret_in_the_clear(postgres_url: str, tmp_path: Path) -> None:
-    changes = full_changes()
     store = PostgresStore(postgres_url, tmp_path, use_keyring=False)
     await store.open()
-    pickle_key = store.backend.pickle_key
-    await store.save(ALICE, changes, txns={"txn1": {"body": "meet me at noon"}})
-    await store.put_secret(ALICE, "access_token", "syt_YWxpY2U_topsecret")
+    needles = await save_secrets(store, tmp_path)
     await store.acquire_lease(ALICE)
-    igs = changes.inbound_group_sessions[0]
-    session_key = igs.session.export_at(0).to_base64()
-    acct = changes.account.account  # type: ignore[union-attr]
-    needles = {
-        "access token": b"syt_YWxpY2U_topsecret",
-        "message text": b"meet me at noon",
-        "session key": session_key.encode(),
-        "session key (raw)": session_key.encode()[8:40],
-        "account pickle": acct.pickle(pickle_key).encode()[:40],
-        "megolm pickle": igs.session.pickle(pickle_key).encode()[:40],
-        "pickle key": pickle_key,
-        "key file": (tmp_path / "store.key").read_bytes(),
-        "room id": b"!room:example.org",
-        "user id": b"@alice:example.org",
-        "localpart": b"alice",
-        "device id": b"ALICEDEV",
-        "identity key": acct.curve25519_key.to_base64().encode(),
-        "json": b'"session_id"',
-    }
     await store.close()
     rows = _fingerprint(postgres_url)
     assert len(rows["records"]) > 10, "the batch is there"

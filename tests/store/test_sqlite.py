@@ -15,7 +15,7 @@ from e2eproxy.errors import MigrationError, StoreCorrupt, WrongPassphrase
 from e2eproxy.store.migrations import MIGRATIONS
 from e2eproxy.store.sqlite import DB_NAME, SqliteStore
 
-from .conftest import ALICE, BOB, full_changes
+from .conftest import ALICE, BOB, full_changes, save_secrets
 from .test_secrets import FakeKeyring
 
 FAST = 2**10
@@ -168,30 +168,9 @@ async def test_values_cannot_be_swapped_between_rows(tmp_path: Path) -> None:
 
 
 async def test_nothing_secret_in_the_clear(tmp_path: Path) -> None:
-    changes = full_changes()
     store = SqliteStore(tmp_path, use_keyring=False)
     await store.open()
-    pickle_key = store.backend.pickle_key
-    await store.save(ALICE, changes, txns={"txn1": {"body": "meet me at noon"}})
-    await store.put_secret(ALICE, "access_token", "syt_YWxpY2U_topsecret")
-    igs = changes.inbound_group_sessions[0]
-    session_key = igs.session.export_at(0).to_base64()
-    acct = changes.account.account  # type: ignore[union-attr]
-    needles = {
-        "access token": b"syt_YWxpY2U_topsecret",
-        "message text": b"meet me at noon",
-        "session key": session_key.encode(),
-        "session key (raw)": session_key.encode()[8:40],
-        "account pickle": acct.pickle(pickle_key).encode()[:40],
-        "megolm pickle": igs.session.pickle(pickle_key).encode()[:40],
-        "pickle key": pickle_key,
-        "key file": (tmp_path / "store.key").read_bytes(),
-        "room id": b"!room:example.org",
-        "user id": b"@alice:example.org",
-        "device id": b"ALICEDEV",
-        "identity key": acct.curve25519_key.to_base64().encode(),
-        "json": b'"session_id"',
-    }
+    needles = await save_secrets(store, tmp_path)
     files_open = {p.name: p.read_bytes() for p in tmp_path.glob(DB_NAME + "*")}
     await store.close()
     files_closed = {p.name: p.read_bytes() for p in tmp_path.glob(DB_NAME + "*")}
