@@ -330,6 +330,18 @@ def make_clients(*names: str, clock: ManualClock | None = None) -> tuple[FakeSer
     return server, clients
 
 
+def make_room(
+    room_id: str, *names: str, clock: ManualClock | None = None
+) -> tuple[FakeServer, list[Client]]:
+    """`make_clients`, then `room_id` created by the first client with all the others in it;
+    every client has seen the room (one tick each)."""
+    server, clients = make_clients(*names, clock=clock)
+    server.create_room(room_id, clients[0].user_id, [c.user_id for c in clients[1:]])
+    for client in clients:
+        client.tick()
+    return server, clients
+
+
 PICKLE_KEY = b"\x07" * 32
 
 

@@ -12,21 +12,13 @@ import vodozemac
 
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
 from e2eproxy.protocol.api import RequestKind
-from tests.support.machine_pair import Client, FakeServer, make_clients
+from tests.support.machine_pair import Client, make_room
 
 ROOM = "!room:test"
 
 
-def _room(*names: str) -> tuple[FakeServer, list[Client]]:
-    server, clients = make_clients(*names)
-    server.create_room(ROOM, clients[0].user_id, [c.user_id for c in clients[1:]])
-    for client in clients:
-        client.tick()
-    return server, clients
-
-
 def test_message_under_another_sender_is_refused() -> None:
-    _server, (alice, bob, mallory) = _room("alice", "bob", "mallory")
+    _server, (alice, bob, mallory) = make_room(ROOM, "alice", "bob", "mallory")
     event = alice.send(ROOM, "alice wrote this")
     bob.tick()
     forged = dict(event, sender=mallory.user_id, event_id="$forged")
@@ -38,7 +30,7 @@ def test_message_under_another_sender_is_refused() -> None:
 
 
 def test_a_device_copying_another_curve25519_key_is_rejected() -> None:
-    server, (alice, bob) = _room("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     mallory = Client(server, "@mallory:test", "EVIL")
     mallory.flush()
     keys = copy.deepcopy(server.device_keys[mallory.user_id]["EVIL"])
@@ -73,7 +65,7 @@ def _normal_message() -> str:
 
 
 def test_unwedging_is_only_for_the_senders_own_device() -> None:
-    _server, (alice, bob, mallory) = _room("alice", "bob", "mallory")
+    _server, (alice, bob, mallory) = make_room(ROOM, "alice", "bob", "mallory")
     garbage = {
         "type": "m.room.encrypted",
         "sender": mallory.user_id,
@@ -91,7 +83,7 @@ def test_unwedging_is_only_for_the_senders_own_device() -> None:
 
 
 def test_bundled_relations_under_an_odd_unsigned_still_decrypt() -> None:
-    _server, (alice, bob) = _room("alice", "bob")
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     event: dict[str, Any] = dict(alice.send(ROOM, "hello"), unsigned=None)
     bob.tick()
     result = bob.decrypt(ROOM, event)

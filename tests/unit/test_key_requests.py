@@ -9,7 +9,7 @@ import vodozemac
 
 from e2eproxy.crypto.to_device import ToDeviceEvent
 from e2eproxy.protocol.api import RequestKind
-from tests.support.machine_pair import Client, FakeServer, make_clients
+from tests.support.machine_pair import Client, make_room
 
 ROOM = "!room:test"
 
@@ -38,16 +38,8 @@ def _answers(sender: Client, event: dict[str, Any]) -> list[Any]:
     return [r for r in sender.machine.outgoing_requests() if r.kind is RequestKind.TO_DEVICE]
 
 
-def _room_of(names: tuple[str, ...]) -> tuple[FakeServer, list[Client]]:
-    server, clients = make_clients(*names)
-    server.create_room(ROOM, clients[0].user_id, [c.user_id for c in clients[1:]])
-    for client in clients:
-        client.tick()
-    return server, clients
-
-
 def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None:
-    _server, (alice, bob) = _room_of(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     first = alice.send(ROOM, "one")
     second = alice.send(ROOM, "two")
     session_id = first["content"]["session_id"]
@@ -86,7 +78,7 @@ def _capture_forwarded(client: Client) -> list[ToDeviceEvent]:
 
 
 def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None:
-    server, (alice, _bob) = _room_of(("alice", "bob"))
+    server, (alice, _bob) = make_room(ROOM, "alice", "bob")
     alice.send(ROOM, "before carol")
     carol = Client(server, "@carol:test", "CAROLDEV")
     carol.flush()
@@ -106,7 +98,7 @@ def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None
 
 
 def test_requests_that_must_not_be_answered() -> None:
-    server, (alice, bob) = _room_of(("alice", "bob"))
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     sent = alice.send(ROOM, "hello")
     session_id = sent["content"]["session_id"]
     stranger = Client(server, "@mallory:test", "MALDEV")

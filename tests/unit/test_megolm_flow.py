@@ -14,7 +14,7 @@ from e2eproxy.crypto.settings import LocalTrust, SharingStrategy
 from e2eproxy.errors import LocalProtocolError
 from e2eproxy.protocol.api import RequestKind
 from e2eproxy.types import RoomId, SessionId
-from tests.support.machine_pair import Client, make_clients
+from tests.support.machine_pair import Client, make_clients, make_room
 
 ROOM = "!room:test"
 
@@ -53,16 +53,8 @@ def test_encrypt_in_unencrypted_room_is_an_error() -> None:
         alice.machine.encrypt("!plain:test", "m.room.message", {"body": "x"})
 
 
-def _room(names: tuple[str, ...], **kwargs: object):  # type: ignore[no-untyped-def]
-    server, clients = make_clients(*names, **kwargs)  # type: ignore[arg-type]
-    server.create_room(ROOM, clients[0].user_id, [c.user_id for c in clients[1:]])
-    for client in clients:
-        client.tick()
-    return server, clients
-
-
 def test_three_members_all_decrypt_and_session_is_reused() -> None:
-    _server, (alice, bob, carol) = _room(("alice", "bob", "carol"))
+    _server, (alice, bob, carol) = make_room(ROOM, "alice", "bob", "carol")
     first = alice.send(ROOM, "one")
     second = alice.send(ROOM, "two")
     assert first["content"]["session_id"] == second["content"]["session_id"]
@@ -73,7 +65,7 @@ def test_three_members_all_decrypt_and_session_is_reused() -> None:
 
 
 def test_late_joiner_gets_current_index_only() -> None:
-    server, (alice, bob) = _room(("alice", "bob"))
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     early = alice.send(ROOM, "before carol")
     bob.tick()
     assert bob.read(ROOM, early) == "before carol"
@@ -94,7 +86,7 @@ def test_late_joiner_gets_current_index_only() -> None:
 
 
 def test_member_leaves_rotation_and_leaver_cannot_decrypt() -> None:
-    server, (alice, bob, carol) = _room(("alice", "bob", "carol"))
+    server, (alice, bob, carol) = make_room(ROOM, "alice", "bob", "carol")
     before = alice.send(ROOM, "all three")
     server.set_membership(ROOM, carol.user_id, "leave")
     for client in (alice, bob, carol):
@@ -111,7 +103,7 @@ def test_member_leaves_rotation_and_leaver_cannot_decrypt() -> None:
 
 
 def test_new_device_of_member_receives_key() -> None:
-    server, (alice, bob) = _room(("alice", "bob"))
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     alice.send(ROOM, "warm up")
     bob2 = Client(server, bob.user_id, "BOBPHONE")
     bob2.flush()
@@ -124,7 +116,7 @@ def test_new_device_of_member_receives_key() -> None:
 
 
 def test_blacklisted_device_gets_withheld_and_rotation() -> None:
-    _server, (alice, bob, carol) = _room(("alice", "bob", "carol"))
+    _server, (alice, bob, carol) = make_room(ROOM, "alice", "bob", "carol")
     before = alice.send(ROOM, "everyone")
     alice.machine.set_local_trust(carol.user_id, carol.device_id, LocalTrust.BLACKLISTED)
     after = alice.send(ROOM, "not carol")
@@ -140,7 +132,7 @@ def test_blacklisted_device_gets_withheld_and_rotation() -> None:
 
 
 def test_only_verified_strategy_withholds_unverified() -> None:
-    _server, (alice, bob, carol) = _room(("alice", "bob", "carol"))
+    _server, (alice, bob, carol) = make_room(ROOM, "alice", "bob", "carol")
     alice.machine.set_sharing_strategy(SharingStrategy.ONLY_VERIFIED)
     alice.machine.set_local_trust(bob.user_id, bob.device_id, LocalTrust.VERIFIED)
     event = alice.send(ROOM, "verified only")
@@ -186,7 +178,7 @@ def test_rotation_by_time() -> None:
 
 
 def test_history_visibility_change_rotates() -> None:
-    _server, (alice, bob) = _room(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     first = alice.send(ROOM, "a")
     alice.machine.update_history_visibility(ROOM, "joined")
     second = alice.send(ROOM, "b")
@@ -196,7 +188,7 @@ def test_history_visibility_change_rotates() -> None:
 
 
 def test_replay_rejected_but_same_event_twice_is_fine() -> None:
-    _server, (alice, bob) = _room(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     event = alice.send(ROOM, "once")
     bob.tick()
     assert bob.read(ROOM, event) == "once"
@@ -208,7 +200,7 @@ def test_replay_rejected_but_same_event_twice_is_fine() -> None:
 
 
 def test_room_mismatch_rejected() -> None:
-    _server, (alice, bob) = _room(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     outbound = vodozemac.GroupSession()
     inbound = vodozemac.InboundGroupSession(outbound.session_key)
     record = InboundGroupSessionRecord(
@@ -232,7 +224,7 @@ def test_room_mismatch_rejected() -> None:
 
 
 def test_relates_to_copied_and_bundled_edit_decrypted() -> None:
-    _server, (alice, bob) = _room(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     original = alice.send(ROOM, "orig")
     relation = {"rel_type": "m.replace", "event_id": original["event_id"]}
     edit = alice.send(ROOM, "* edited", **{"m.relates_to": relation})
@@ -254,7 +246,7 @@ def test_relates_to_copied_and_bundled_edit_decrypted() -> None:
 
 
 def test_key_share_batches_to_device_requests() -> None:
-    server, (alice, bob) = _room(("alice", "bob"))
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     for i in range(259):
         Client(server, bob.user_id, f"BOB{i:03d}").flush()
     alice.tick()
@@ -268,7 +260,7 @@ def test_key_share_batches_to_device_requests() -> None:
 
 
 def test_thread_latest_event_decrypted_too() -> None:
-    _server, (alice, bob) = _room(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     root = alice.send(ROOM, "root")
     reply = alice.send(ROOM, "in thread", **{"m.relates_to": {
         "rel_type": "m.thread", "event_id": root["event_id"]}})
@@ -338,7 +330,7 @@ def _withheld_notice(
 
 
 def test_withheld_under_its_older_unstable_name_is_understood() -> None:
-    _server, (alice, bob) = _room(("alice", "bob"))
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     event = alice.send(ROOM, "still on its way to bob")
     alice_key = alice.machine.identity_keys["curve25519"]
     bob.machine.receive_sync(_withheld_notice(
@@ -353,7 +345,7 @@ def test_withheld_notice_counts_only_from_the_device_whose_key_it_names() -> Non
     """Anyone can send a plaintext notice naming any session: Mallory's, in Alice's name (her
     Curve25519 key), must not make Bob's proxy call Alice's message withheld (nor stop waiting
     for its key); Alice's own notice does."""
-    _server, (alice, bob, mallory) = _room(("alice", "bob", "mallory"))
+    _server, (alice, bob, mallory) = make_room(ROOM, "alice", "bob", "mallory")
     event = alice.send(ROOM, "still on its way to bob")
     session_id = event["content"]["session_id"]
     alice_key = alice.machine.identity_keys["curve25519"]

@@ -10,17 +10,9 @@ import vodozemac
 
 from e2eproxy.protocol.api import RequestKind
 from e2eproxy.protocol.canonical import b64encode, canonical_json
-from tests.support.machine_pair import Client, FakeServer, make_clients
+from tests.support.machine_pair import Client, FakeServer, make_clients, make_room
 
 ROOM = "!room:test"
-
-
-def _setup(*names: str) -> tuple[FakeServer, list[Client]]:
-    server, clients = make_clients(*names)
-    server.create_room(ROOM, clients[0].user_id, [c.user_id for c in clients[1:]])
-    for client in clients:
-        client.tick()
-    return server, clients
 
 
 def _forge(server: FakeServer, target: Client, sender: str, payload: dict[str, Any],
@@ -60,7 +52,7 @@ def _room_key_payload(target: Client, sender: str, ed25519: str, room: str = ROO
 
 
 def test_duplicate_to_device_event_is_ignored() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     alice.share(ROOM)
     body = server.sync_body(bob.key)
     first = bob.machine.receive_sync(body)
@@ -73,7 +65,7 @@ def test_duplicate_to_device_event_is_ignored() -> None:
 
 
 def test_forged_payloads_are_rejected_without_state_change() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     attacker = vodozemac.Account()
     ed = attacker.ed25519_key.to_base64()
     cases = {
@@ -90,7 +82,7 @@ def test_forged_payloads_are_rejected_without_state_change() -> None:
 
 
 def test_olm_claiming_a_known_device_with_other_keys_is_rejected() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     # the attacker claims to be alice but encrypts with its own Curve25519 key, and names
     # alice's Ed25519 key: the sender key is unknown, so the room key is bound to the
     # attacker's curve key and does not verify as alice.
@@ -107,7 +99,7 @@ def test_olm_claiming_a_known_device_with_other_keys_is_rejected() -> None:
 
 
 def test_plaintext_room_key_and_foreign_olm_are_rejected() -> None:
-    _server, (alice, bob, carol) = _setup("alice", "bob", "carol")
+    _server, (alice, bob, carol) = make_room(ROOM, "alice", "bob", "carol")
     alice.share(ROOM)
     for_carol = _server.inbox[carol.key][0]
     plain = {"type": "m.room_key", "sender": alice.user_id, "content": {
@@ -119,7 +111,7 @@ def test_plaintext_room_key_and_foreign_olm_are_rejected() -> None:
 
 
 def test_olm_session_is_reused_after_first_message() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     alice.share(ROOM)
     claims = [r for _, r in server.requests if r.kind is RequestKind.KEYS_CLAIM]
     bob.tick()
@@ -130,7 +122,7 @@ def test_olm_session_is_reused_after_first_message() -> None:
 
 
 def test_wedged_session_is_recovered_once_per_hour() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     alice.send(ROOM, "first")
     bob.tick()
     bob.machine._olm._sessions.clear()  # bob loses his Olm state with alice
@@ -159,7 +151,7 @@ def test_wedged_session_is_recovered_once_per_hour() -> None:
 
 
 def test_otk_exhaustion_uses_fallback_then_replaces_it() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     old_fallback = dict(server.fallback[bob.key])
     server.otks[bob.key].clear()  # someone claimed every one-time key
     event = alice.send(ROOM, "via fallback")
@@ -203,7 +195,7 @@ def test_fallback_key_rotated_weekly() -> None:
 
 
 def test_one_time_key_kept_when_pre_key_message_fails() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     alice.share(ROOM)
     genuine = server.inbox.pop(bob.key)[0]
     broken = copy.deepcopy(genuine)
@@ -218,7 +210,7 @@ def test_one_time_key_kept_when_pre_key_message_fails() -> None:
 
 
 def test_device_without_keys_gets_no_olm_once() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     server.otks[bob.key].clear()
     server.fallback[bob.key] = {}
     requests = alice.share(ROOM)
@@ -232,7 +224,7 @@ def test_device_without_keys_gets_no_olm_once() -> None:
 
 
 def test_claimed_key_with_forged_signature_is_not_used() -> None:
-    server, (alice, bob) = _setup("alice", "bob")
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
     forged_key = vodozemac.Account().curve25519_key.to_base64()
     for otk in server.otks[bob.key].values():
         otk["key"] = forged_key  # signatures no longer match
