@@ -10,6 +10,7 @@ import atexit
 import itertools
 import socket
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -81,9 +82,18 @@ def localpart(request: pytest.FixtureRequest) -> str:
     return f"{name}{next(_localpart_counter)}"
 
 
+@dataclass(frozen=True)
+class ServedProxy:
+    """The proxy app a test talks to: its base URL (no slash) and the app itself (for its
+    account registry, as the control interface reaches it)."""
+
+    url: str
+    app: web.Application
+
+
 @pytest.fixture
-async def proxy_url(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[str]:
-    """The e2eproxy app for `synapse`, served on 127.0.0.1; yields its base URL (no slash)."""
+async def synapse_proxy(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[ServedProxy]:
+    """The e2eproxy app for `synapse`, served on 127.0.0.1."""
     from e2eproxy.config import Config, ServerConfig, StoreConfig, parse_listen
     from e2eproxy.proxy.app import create_app
 
@@ -101,11 +111,18 @@ async def proxy_url(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[str
     # A store of its own per test, unlocked by a key file (never the developer's keyring).
     store = StoreConfig(data_dir=tmp_path / "proxy-data", use_keyring=False)
     config = Config(servers=(server,), store=store)
-    runner = web.AppRunner(create_app(server, config))
+    app = create_app(server, config)
+    runner = web.AppRunner(app)
     await runner.setup()
     try:
         await web.SockSite(runner, sock).start()
-        yield f"http://127.0.0.1:{port}"
+        yield ServedProxy(f"http://127.0.0.1:{port}", app)
     finally:
         await runner.cleanup()
         sock.close()
+
+
+@pytest.fixture
+def proxy_url(synapse_proxy: ServedProxy) -> str:
+    """The base URL (no slash) of `synapse_proxy`."""
+    return synapse_proxy.url

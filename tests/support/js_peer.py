@@ -199,3 +199,44 @@ class JsPeer:
     async def device_ids(self, user_id: str) -> list[str]:
         answer = await self.call("device_ids", user_id=user_id)
         return list(answer["device_ids"])
+
+    # -- cross-signing and verification -------------------------------------------------------
+
+    async def bootstrap_cross_signing(self, *, reset: bool = False) -> None:
+        answer = await self.call("bootstrap_cross_signing", reset=reset)
+        assert answer["ready"], answer
+
+    async def set_isolation(self, mode: str) -> None:
+        """"only_signed" (MSC4153: share only with devices their owner signed) or "all"."""
+        await self.call("set_isolation", mode=mode)
+
+    async def verification_status(self, user_id: str, device_id: str | None = None
+                                  ) -> dict[str, Any]:
+        return dict(await self.call("verification_status", user_id=user_id,
+                                    device_id=device_id))
+
+    async def request_verification(self, user_id: str, *, device_id: str | None = None,
+                                   room_id: str | None = None) -> str:
+        answer = await self.call("request_verification", user_id=user_id, device_id=device_id,
+                                 room_id=room_id)
+        return str(answer["id"])
+
+    async def verifications(self) -> list[dict[str, Any]]:
+        return list(await self.call("list_verifications"))
+
+    async def wait_verification(self, flow_id: str, phase: str) -> dict[str, Any]:
+        """Until the flow reaches `phase` (a VerificationPhase name) or is cancelled."""
+        return dict(await self.call("wait_verification", id=flow_id, phase=phase, timeout=40))
+
+    async def accept_verification(self, flow_id: str) -> None:
+        await self.call("accept_verification", id=flow_id)
+
+    async def start_sas(self, flow_id: str) -> None:
+        await self.call("start_sas", id=flow_id)
+
+    async def wait_sas(self, flow_id: str) -> tuple[list[list[str]], list[int]]:
+        answer = await self.call("wait_sas", id=flow_id, timeout=40)
+        return [list(e) for e in answer["emoji"]], list(answer["decimals"])
+
+    async def confirm_sas(self, flow_id: str, *, match: bool = True) -> None:
+        await self.call("confirm_sas", id=flow_id, match=match)

@@ -15,7 +15,16 @@ import {
     MatrixEventEvent,
     RoomEvent,
 } from "matrix-js-sdk";
-import { EventShieldColour, EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js";
+import {
+    AllDevicesIsolationMode,
+    CryptoEvent,
+    EventShieldColour,
+    EventShieldReason,
+    OnlySignedDevicesIsolationMode,
+    VerificationPhase,
+    VerificationRequestEvent,
+    VerifierEvent,
+} from "matrix-js-sdk/lib/crypto-api/index.js";
 
 // stdout is the protocol channel: every log line of the SDK (console.*) goes to stderr.
 for (const level of ["log", "info", "debug", "warn", "error", "trace"]) {
@@ -24,7 +33,9 @@ for (const level of ["log", "info", "debug", "warn", "error", "trace"]) {
 
 const POLL_MS = 50;
 let client = null;
+let password = null; // this device's user's password, for user-interactive auth
 const seen = new Map(); // event id -> MatrixEvent, every timeline event of every room
+const verifications = new Map(); // flow id (transaction or request event id) -> entry
 
 function need(condition, message) {
     if (!condition) throw new Error(message);
@@ -71,13 +82,13 @@ async function describe(event) {
     };
 }
 
-async function login({ base_url, user, password, device_name }) {
+async function login({ base_url, user, password: args_password, device_name }) {
     need(client === null, "already logged in");
     const anonymous = createClient({ baseUrl: base_url });
     const answer = await anonymous.loginRequest({
         type: "m.login.password",
         identifier: { type: "m.id.user", user },
-        password,
+        password: args_password,
         initial_device_display_name: device_name,
     });
     client = createClient({
@@ -87,7 +98,9 @@ async function login({ base_url, user, password, device_name }) {
         deviceId: answer.device_id,
     });
     await client.initRustCrypto({ useIndexedDB: false });
+    password = args_password;
     client.on(RoomEvent.Timeline, (event) => remember(event));
+    client.on(CryptoEvent.VerificationRequestReceived, (request) => track(request));
     client.on(MatrixEventEvent.Decrypted, (event) => remember(event));
     const prepared = new Promise((resolve) => {
         client.on(ClientEvent.Sync, (state) => {
@@ -206,6 +219,158 @@ async function deviceIds({ user_id }) {
     return { device_ids: [...(devices.get(user_id)?.keys() ?? [])].sort() };
 }
 
+// -- cross-signing and isolation ------------------------------------------------------------
+
+async function bootstrapCrossSigning({ reset = false }) {
+    const crypto = client.getCrypto();
+    await crypto.bootstrapCrossSigning({
+        setupNewCrossSigning: reset,
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+            try {
+                return await makeRequest(null); // a first upload needs no auth (MSC3967)
+            } catch (error) {
+                const session = error?.data?.session;
+                need(session !== undefined, `cross-signing upload refused: ${error}`);
+                return await makeRequest({
+                    type: "m.login.password",
+                    identifier: { type: "m.id.user", user: client.getUserId() },
+                    password,
+                    session,
+                });
+            }
+        },
+    });
+    return { ready: await crypto.isCrossSigningReady() };
+}
+
+async function setIsolation({ mode }) {
+    const crypto = client.getCrypto();
+    crypto.setDeviceIsolationMode(
+        mode === "only_signed"
+            ? new OnlySignedDevicesIsolationMode()
+            : new AllDevicesIsolationMode(false),
+    );
+    return {};
+}
+
+async function verificationStatus({ user_id, device_id }) {
+    const crypto = client.getCrypto();
+    const user = await crypto.getUserVerificationStatus(user_id);
+    const result = {
+        user_verified: user.isVerified(),
+        user_cross_signing_verified: user.isCrossSigningVerified(),
+        user_was_verified: user.wasCrossSigningVerified(),
+    };
+    if (device_id) {
+        const device = await crypto.getDeviceVerificationStatus(user_id, device_id);
+        result.device = device && {
+            verified: device.isVerified(),
+            signed_by_owner: device.signedByOwner,
+            cross_signing_verified: device.crossSigningVerified,
+            locally_verified: device.localVerified,
+        };
+    }
+    return result;
+}
+
+// -- verification ----------------------------------------------------------------------------
+
+function track(request) {
+    const id = request.transactionId;
+    if (!id || verifications.has(id)) return verifications.get(id);
+    const entry = { request, sas: null, error: null, attached: false };
+    verifications.set(id, entry);
+    const attach = () => {
+        const verifier = request.verifier;
+        if (!verifier || entry.attached) return;
+        entry.attached = true;
+        verifier.on(VerifierEvent.ShowSas, (sas) => {
+            entry.sas = sas;
+        });
+        verifier.verify().catch((error) => {
+            entry.error = String(error);
+        });
+    };
+    entry.attach = attach;
+    request.on(VerificationRequestEvent.Change, attach);
+    attach();
+    return entry;
+}
+
+function entryOf(id) {
+    const entry = verifications.get(id);
+    need(entry !== undefined, `no verification ${id}`);
+    return entry;
+}
+
+async function requestVerification({ user_id, device_id, room_id }) {
+    const crypto = client.getCrypto();
+    const request = room_id
+        ? await crypto.requestVerificationDM(user_id, room_id)
+        : await crypto.requestDeviceVerification(user_id, device_id);
+    await until("the request's id", 10000, () => request.transactionId);
+    track(request);
+    return { id: request.transactionId };
+}
+
+function describeRequest(id, entry) {
+    const { request } = entry;
+    return {
+        id,
+        phase: VerificationPhase[request.phase],
+        other_user: request.otherUserId,
+        other_device: request.otherDeviceId ?? null,
+        initiated_by_me: request.initiatedByMe,
+        room_id: request.roomId ?? null,
+        cancellation_code: request.cancellationCode ?? null,
+        error: entry.error,
+    };
+}
+
+async function listVerifications() {
+    return [...verifications.entries()].map(([id, entry]) => describeRequest(id, entry));
+}
+
+async function waitVerification({ id, phase, timeout_ms = 20000 }) {
+    const entry = await until(`verification ${id}`, timeout_ms, () => verifications.get(id));
+    await until(`verification ${id} ${phase}`, timeout_ms, () =>
+        VerificationPhase[entry.request.phase] === phase ||
+        entry.request.phase === VerificationPhase.Cancelled);
+    return describeRequest(id, entry);
+}
+
+async function acceptVerification({ id }) {
+    await entryOf(id).request.accept();
+    return {};
+}
+
+async function startSas({ id }) {
+    const entry = entryOf(id);
+    await entry.request.startVerification("m.sas.v1");
+    entry.attach();
+    return {};
+}
+
+async function waitSas({ id, timeout_ms = 20000 }) {
+    const entry = entryOf(id);
+    await until(`the emoji of ${id}`, timeout_ms, () => {
+        entry.attach();
+        if (entry.request.phase === VerificationPhase.Cancelled) {
+            throw new Error(`cancelled: ${entry.request.cancellationCode}`);
+        }
+        return entry.sas;
+    });
+    return { emoji: entry.sas.sas.emoji, decimals: entry.sas.sas.decimal };
+}
+
+async function confirmSas({ id, match = true }) {
+    const entry = entryOf(id);
+    need(entry.sas !== null, "no emoji to confirm yet");
+    if (match) await entry.sas.confirm();
+    else entry.sas.mismatch();
+    return {};
+}
+
 async function shutdown() {
     if (client !== null) client.stopClient();
     setTimeout(() => process.exit(0), 10);
@@ -224,6 +389,16 @@ const COMMANDS = {
     upload_file: uploadFile,
     download_file: downloadFile,
     device_ids: deviceIds,
+    bootstrap_cross_signing: bootstrapCrossSigning,
+    set_isolation: setIsolation,
+    verification_status: verificationStatus,
+    request_verification: requestVerification,
+    list_verifications: listVerifications,
+    wait_verification: waitVerification,
+    accept_verification: acceptVerification,
+    start_sas: startSas,
+    wait_sas: waitSas,
+    confirm_sas: confirmSas,
     shutdown,
 };
 
