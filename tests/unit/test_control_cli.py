@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -391,6 +393,34 @@ async def test_ctrl_c_cancels_the_verification(data_dir: Path, fake: FakeProxy) 
     with pytest.raises(asyncio.CancelledError):
         await flow
     assert fake.sent()[-1] == ("verify.cancel", USER, "DEV", {"id": "FLOW1"})
+
+
+async def test_ctrl_c_in_a_real_process_cancels_the_verification(
+    data_dir: Path, fake: FakeProxy
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "e2eproxy", "ctl", "--data-dir", str(data_dir),
+        "verify", "--user", USER, OTHER,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    said = b""
+    try:
+        while b"Do they match?" not in said:
+            chunk = await asyncio.wait_for(process.stderr.read(100), 20)
+            assert chunk, said
+            said += chunk
+        process.send_signal(signal.SIGINT)  # at the question: the loop waits on stdin
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130
+    assert b"Cancelled." in err
+    assert b"Traceback" not in err
+    assert fake.sent()[-1] == ("verify.cancel", USER, None, {"id": "FLOW1"})
 
 
 async def test_an_error_answer_is_one_line_and_status_1(
