@@ -28,7 +28,7 @@ DEFAULT_MAX_ACCOUNTS = 1000
 PASSPHRASE_ENV = "E2EPROXY_STORE_PASSPHRASE"
 SYSTEMD_CREDENTIAL = "store-passphrase"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SHARE_STRATEGIES = ("all", "verified")
+SHARE_STRATEGIES = ("all", "cross-signed", "verified")
 UNDECRYPTABLE_MODES = ("notice", "raw")
 PLAINTEXT_FILE_MODES = ("refuse", "copy")
 STORE_URL_SCHEMES = ("postgresql", "postgres")
@@ -72,6 +72,8 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     # Devices whose keys this listener holds at most; past it a new one is refused (and logged).
     max_accounts: int = DEFAULT_MAX_ACCOUNTS
+    # Who gets room keys on this server, if not encryption.share_strategy.
+    share_strategy: str | None = None
 
     @property
     def advertised_url(self) -> str:
@@ -228,6 +230,8 @@ def _server(name: str, data: Any, source: str) -> ServerConfig:
         max_upload_size=table.positive_int("max_upload_size", DEFAULT_MAX_UPLOAD_SIZE),
         allowed_hosts=_host_names(table.get("allowed_hosts", list, []), table),
         max_accounts=table.positive_int("max_accounts", DEFAULT_MAX_ACCOUNTS),
+        share_strategy=(table.choice("share_strategy", SHARE_STRATEGIES, "all")
+                        if "share_strategy" in table.data else None),
     )
     table.finish()
     return server

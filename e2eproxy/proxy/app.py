@@ -27,6 +27,7 @@ from e2eproxy.timing import SystemTimer, Timer
 
 STRATEGIES = {
     "all": SharingStrategy.ALL_EXCEPT_BLACKLISTED,
+    "cross-signed": SharingStrategy.CROSS_SIGNED,
     "verified": SharingStrategy.ONLY_VERIFIED,
 }
 
@@ -72,7 +73,7 @@ def create_app(
             upstream,
             opened,
             timer or SystemTimer(),
-            STRATEGIES[config.encryption.share_strategy],
+            STRATEGIES[server.share_strategy or config.encryption.share_strategy],
             server_name=server.server_name,
             max_accounts=server.max_accounts,
         )

@@ -84,7 +84,7 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
         ('[servers.a]\nhomeserver = "https://x"\n[store]\nuse_keyring = 1', "store.use_keyring"),
         (
             '[servers.a]\nhomeserver = "https://x"\n[encryption]\nshare_strategy = "some"',
-            "encryption.share_strategy: must be one of all, verified",
+            "encryption.share_strategy: must be one of all, cross-signed, verified",
         ),
         (
             '[servers.a]\nhomeserver = "https://x"\n[encryption]\nplaintext_files = "leak"',
@@ -175,3 +175,19 @@ def test_passphrase_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
     secret_file.write_text("")
     with pytest.raises(ConfigError, match=r"store\.passphrase_file.*is empty"):
         config.store_passphrase()
+
+
+def test_a_server_may_choose_its_own_sharing_strategy(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, (
+        '[encryption]\nshare_strategy = "verified"\n'
+        '[servers.a]\nhomeserver = "https://a.example"\nlisten = "127.0.0.1:8101"\n'
+        'share_strategy = "cross-signed"\n'
+        '[servers.b]\nhomeserver = "https://b.example"\nlisten = "127.0.0.1:8102"\n'
+    )))
+    by_name = {server.name: server for server in config.servers}
+    assert by_name["a"].share_strategy == "cross-signed"
+    assert by_name["b"].share_strategy is None  # the [encryption] one applies
+    assert config.encryption.share_strategy == "verified"
+    with pytest.raises(ConfigError, match="servers.a.share_strategy: must be one of"):
+        load_config(write(tmp_path, '[servers.a]\nhomeserver = "https://x"\n'
+                                    'share_strategy = "everyone"\n'))
