@@ -37,6 +37,10 @@ class JsPeers:
         self._passwords[user.user_id] = password
         return await self._start(localpart, password)
 
+    async def login(self, localpart: str, password: str) -> JsPeer:
+        """A js device of a user registered elsewhere (e.g. the plain client's own user)."""
+        return await self._start(localpart, password)
+
     async def device(self, of: JsPeer) -> JsPeer:
         localpart = of.user_id.removeprefix("@").split(":", 1)[0]
         return await self._start(localpart, self._passwords[of.user_id])

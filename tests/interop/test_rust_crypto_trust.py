@@ -228,3 +228,45 @@ async def test_an_identity_change_of_a_verified_peer_withholds_keys_until_accept
     await ctl("trust.accept-identity-change", user_id=js.user_id)
     shared = await plain.send_text(room_id, "accepted")
     await js.wait_for_text(room_id, shared, "accepted")
+
+
+async def test_an_identity_made_by_element_signs_the_proxy_after_own_verification(
+    synapse_proxy: ServedProxy, js_peers: JsPeers, plain_login: PlainLogin, localpart: str
+) -> None:
+    """The user's other device (the reference client) made their identity: the proxy's device
+    verifies with it, receives the cross-signing keys, and signs itself."""
+    plain = await plain_login(f"{localpart}me")
+    element = await js_peers.login(f"{localpart}me", f"{localpart}me-password")
+    await element.bootstrap_cross_signing()
+    ctl = Ctl(synapse_proxy, plain.user_id)
+
+    async def identity_seen() -> Any:
+        status = await ctl("cross-signing.status")
+        return status if status["has_identity"] else None
+
+    status = await until("the proxy sees its user's identity", identity_seen)
+    assert status["private_keys"] == {"master": False, "self_signing": False,
+                                      "user_signing": False}
+    assert not status["device_signed"]
+    started = await ctl("verify.start", user_id=plain.user_id, device_id=element.device_id)
+
+    async def incoming() -> Any:
+        return next((f for f in await element.verifications() if not f["initiated_by_me"]), None)
+
+    request = await until("the other device sees the request", incoming)
+    await element.accept_verification(request["id"])
+    await _compare_and_confirm(ctl, element, started["id"], request["id"])
+
+    async def signed() -> Any:
+        status = await ctl("cross-signing.status")
+        ready = status["device_signed"] and status["private_keys"]["self_signing"]
+        return status if ready else None
+
+    status = await until("the proxy's device signed with the received keys", signed)
+    assert status["trusted"]
+
+    async def element_sees_it() -> bool:
+        seen = await element.verification_status(plain.user_id, plain.device_id)
+        return bool(seen["device"] and seen["device"]["signed_by_owner"])
+
+    await until("the other device sees the proxy's device cross-signed", element_sees_it)
