@@ -8,42 +8,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
 from e2eproxy.proxy.app import create_app
 from e2eproxy.store import MemoryStore, Store
+from tests.support.plain_client import PlainClient, login_all
 from tests.support.processes import ProxyProcess, running_proxy
 from tests.support.stub_homeserver import StubHomeserver
 
 StartProxy = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def start_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartProxy]:
-    """`await start_proxy(**server_overrides)` serves create_app on an ephemeral port."""
-    servers: list[TestServer] = []
-
-    async def start(**overrides: Any) -> str:
-        assert stub.base_url is not None
-        server = replace(ServerConfig(name="test", homeserver=stub.base_url), **overrides)
-        # Its own data dir: the media spool must never land in the developer's home.
-        config = Config(servers=(server,), store=StoreConfig(data_dir=tmp_path / "proxy"))
-        app = create_app(server, config, store=MemoryStore())
-        test_server = TestServer(app, host="127.0.0.1")
-        await test_server.start_server()
-        servers.append(test_server)
-        return str(test_server.make_url("")).rstrip("/")
-
-    yield start
-    for test_server in servers:
-        await test_server.close()
-
-
-@pytest.fixture
-async def proxy_url(start_proxy: StartProxy) -> str:
-    return await start_proxy()
 
 
 @pytest.fixture
@@ -74,7 +50,8 @@ StartE2EEProxy = Callable[..., Awaitable[RunningProxy]]
 @pytest.fixture
 async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartE2EEProxy]:
     """`await start_e2ee_proxy(store=..., encryption=EncryptionConfig(...), **server_overrides)`
-    serves create_app on an ephemeral port; without `store`, a fresh MemoryStore."""
+    serves create_app on an ephemeral port; without `store`, a fresh MemoryStore. Its data dir
+    (the media spool) is tmp_path/proxy, never the developer's, and no keyring is used."""
     started: list[RunningProxy] = []
 
     async def start(
@@ -88,7 +65,7 @@ async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterato
         config = Config(
             servers=(server,),
             encryption=encryption or EncryptionConfig(),
-            store=StoreConfig(data_dir=tmp_path / "proxy"),
+            store=StoreConfig(data_dir=tmp_path / "proxy", use_keyring=False),
         )
         used = store if store is not None else MemoryStore()
         test_server = TestServer(create_app(server, config, store=used), host="127.0.0.1")
@@ -100,3 +77,31 @@ async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterato
     yield start
     for running in started:
         await running.stop()
+
+
+@pytest.fixture
+def start_proxy(start_e2ee_proxy: StartE2EEProxy) -> StartProxy:
+    """`await start_proxy(**server_overrides)`: `start_e2ee_proxy`, for its base URL only."""
+
+    async def start(**overrides: Any) -> str:
+        return (await start_e2ee_proxy(**overrides)).url
+
+    return start
+
+
+@pytest.fixture
+async def proxy_url(start_proxy: StartProxy) -> str:
+    return await start_proxy()
+
+
+async def proxied(
+    stub: StubHomeserver,
+    session: aiohttp.ClientSession,
+    start: StartE2EEProxy,
+    *names: str,
+    encryption: EncryptionConfig | None = None,
+) -> tuple[RunningProxy, list[PlainClient]]:
+    """A proxy from `start` (`start_e2ee_proxy`), and each name registered on the stub and
+    logged in through it."""
+    proxy = await start(encryption=encryption)
+    return proxy, await login_all(session, proxy.url, stub, *names)

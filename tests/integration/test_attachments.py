@@ -20,20 +20,19 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from nio.crypto.attachments import decrypt_attachment
 
-from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
-from e2eproxy.proxy.app import create_app
+from e2eproxy.config import EncryptionConfig
 from e2eproxy.proxy.app_keys import MEDIA, REGISTRY
-from e2eproxy.store import MemoryStore
-from tests.integration.conftest import RunningProxy, StartE2EEProxy
+from tests.integration.conftest import RunningProxy, StartE2EEProxy, proxied
 from tests.support.plain_client import (
+    NO_WAIT,
     MediaAnswer,
     PlainClient,
+    direct,
     encrypted_room_of,
     get_media,
-    login_all,
+    stub_media,
     upload_media,
 )
 from tests.support.stub_homeserver import StubHomeserver
@@ -41,64 +40,12 @@ from tests.support.wire import assert_ciphertext_only, raw_messages
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
 THUMB = b"\x89PNG\r\n\x1a\n" + os.urandom(700)
-# A stub download of an empty (reserved) item waits for its content: keep that wait short.
-NO_WAIT = {"timeout_ms": "100"}
-
-
-@pytest.fixture
-async def start_media_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartE2EEProxy]:
-    """Like `start_e2ee_proxy`, but with the data dir (the media spool) under tmp_path, so held
-    uploads never land in the user's own data dir and the spool can be inspected."""
-    started: list[RunningProxy] = []
-
-    async def start(*, encryption: EncryptionConfig | None = None) -> RunningProxy:
-        assert stub.base_url is not None
-        server = ServerConfig(name="test", homeserver=stub.base_url)
-        config = Config(
-            servers=(server,),
-            encryption=encryption or EncryptionConfig(),
-            store=StoreConfig(data_dir=tmp_path / "data", use_keyring=False),
-        )
-        store = MemoryStore()
-        test_server = TestServer(create_app(server, config, store=store), host="127.0.0.1")
-        await test_server.start_server()
-        running = RunningProxy(str(test_server.make_url("")).rstrip("/"), store, test_server)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
 
 
 def spool_files(proxy: RunningProxy) -> list[Path]:
     app = proxy.server.app
     assert app is not None
     return sorted(app[MEDIA].spool.directory.iterdir())
-
-
-async def proxied(
-    stub: StubHomeserver,
-    session: aiohttp.ClientSession,
-    start: StartE2EEProxy,
-    *names: str,
-    encryption: EncryptionConfig | None = None,
-) -> tuple[RunningProxy, list[PlainClient]]:
-    proxy = await start(encryption=encryption)
-    return proxy, await login_all(session, proxy.url, stub, *names)
-
-
-def stub_media(stub: StubHomeserver, mxc: str) -> Any:
-    server, media_id = mxc.removeprefix("mxc://").split("/", 1)
-    return stub.media.items[(server, media_id)]
-
-
-def direct(client: PlainClient, stub: StubHomeserver) -> PlainClient:
-    """The same user and token, talking to the stub directly (what the server would answer)."""
-    assert stub.base_url is not None
-    other = PlainClient(client.http, stub.base_url, client.access_token)
-    other.user_id = client.user_id
-    return other
 
 
 def b64decode(text: str) -> bytes:
@@ -156,9 +103,9 @@ async def send_image(
 
 
 async def test_upload_is_held_back_and_served_only_to_its_uploader(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     before = len(stub.requests)
     mxc = await upload_media(alice, PNG, "image/png", filename="held.png")
 
@@ -193,9 +140,9 @@ async def test_upload_is_held_back_and_served_only_to_its_uploader(
 
 
 async def test_image_with_thumbnail_into_an_encrypted_room(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    proxy, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    proxy, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     before = len(stub.requests)
     event_id, url, thumb = await send_image(alice, room_id)
@@ -264,12 +211,12 @@ async def test_image_with_thumbnail_into_an_encrypted_room(
 async def test_clients_own_asynchronous_upload_is_held_too(
     stub: StubHomeserver,
     session: aiohttp.ClientSession,
-    start_media_proxy: StartE2EEProxy,
+    start_e2ee_proxy: StartE2EEProxy,
     encrypted: bool,
 ) -> None:
     """POST /create then PUT /upload/{server}/{id}: the file waits in the proxy as any upload
     does, then goes up encrypted into an encrypted room (never in plaintext) or plain."""
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     if encrypted:
         room_id = await encrypted_room_of(alice, bob)
     else:
@@ -303,12 +250,12 @@ async def test_clients_own_asynchronous_upload_is_held_too(
 
 
 async def test_upload_over_the_servers_limit_is_refused_at_upload_time(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     """The file waits in the proxy until it is sent: a size the server would refuse then is
     refused now, the way the server itself answers (413 M_TOO_LARGE), with or without a
     Content-Length, and nothing is reserved or kept."""
-    proxy, (alice,) = await proxied(stub, session, start_media_proxy, "alice")
+    proxy, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
     stub.media.max_upload_size = 1_000
     before = len(stub.requests)
     url = f"{alice.base_url}/_matrix/media/v3/upload"
@@ -328,9 +275,9 @@ async def test_upload_over_the_servers_limit_is_refused_at_upload_time(
 
 
 async def test_thumbnail_of_a_file_without_one_is_the_decrypted_file(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     data = b"%PDF-1.4 not really a pdf " + os.urandom(5000)
     url = await upload_media(alice, data, "application/pdf", filename="report.pdf")
@@ -358,9 +305,9 @@ async def test_thumbnail_of_a_file_without_one_is_the_decrypted_file(
 
 
 async def test_tampered_or_truncated_ciphertext_is_never_served(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     event_id, url, thumb = await send_image(alice, room_id)
     assert thumb is not None
@@ -393,10 +340,10 @@ async def test_tampered_or_truncated_ciphertext_is_never_served(
 
 
 async def test_encrypted_media_is_per_user_and_needs_a_token(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     _, (alice, bob, carol) = await proxied(
-        stub, session, start_media_proxy, "alice", "bob", "carol"
+        stub, session, start_e2ee_proxy, "alice", "bob", "carol"
     )
     room_id = await encrypted_room_of(alice, bob)
     event_id, url, thumb = await send_image(alice, room_id)
@@ -434,9 +381,9 @@ async def test_encrypted_media_is_per_user_and_needs_a_token(
 
 
 async def test_file_into_an_unencrypted_room_goes_up_once_in_plaintext(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await alice.create_room(invite=[bob.user_id])
     await bob.join(room_id)
     data = b"plain words for everybody " * 40
@@ -468,11 +415,11 @@ async def test_file_into_an_unencrypted_room_goes_up_once_in_plaintext(
 
 
 async def test_encrypted_file_passed_on_into_an_unencrypted_room_goes_as_plaintext_copy(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     """A relay bot passes a decrypted event on into an unencrypted room: its readers may have no
     key, so the room gets a plaintext copy under a new id, and the event loses the key."""
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     secret_room = await encrypted_room_of(alice, bob)
     event_id, url, thumb = await send_image(alice, secret_room)
     received = (await bob.wait_for_event(secret_room, event_id))["content"]
@@ -496,9 +443,9 @@ async def test_encrypted_file_passed_on_into_an_unencrypted_room_goes_as_plainte
 
 
 async def test_avatars_go_up_in_plaintext(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
 
     # m.room.avatar of an encrypted room: state is never encrypted, so neither is its image.
@@ -528,10 +475,10 @@ async def test_avatars_go_up_in_plaintext(
 
 
 async def test_without_asynchronous_uploads_the_file_goes_up_at_send_time(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     stub.faults.add(r"/media/v1/create$", method="POST", status=404, errcode="M_UNRECOGNIZED")
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     secret_room = await encrypted_room_of(alice, bob)
     plain_room = await alice.create_room(invite=[bob.user_id])
     await bob.join(plain_room)
@@ -582,12 +529,12 @@ async def expire_now(proxy: RunningProxy) -> None:
 
 
 async def test_expired_upload_is_forgotten(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     proxy, (alice, bob) = await proxied(
         stub,
         session,
-        start_media_proxy,
+        start_e2ee_proxy,
         "alice",
         "bob",
         encryption=EncryptionConfig(pending_upload_ttl=0.3),
@@ -611,11 +558,11 @@ async def test_expired_upload_is_forgotten(
 
 
 async def test_other_upload_forms_and_url_previews_never_reach_the_server(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     """An upload form the proxy does not hold (MSC2246's unstable prefix, another method) would
     put the file on the server in plaintext; a URL preview would tell it what a room said."""
-    _, (alice,) = await proxied(stub, session, start_media_proxy, "alice")
+    _, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
     before = len(stub.requests)
     headers = {"Authorization": f"Bearer {alice.access_token}"}
     for method, path, status in (

@@ -1,39 +1,38 @@
-# ruff: noqa: F811  (the fixtures are imported from test_attachments)
 """Encrypted-attachment edge cases: expiry checked on use, unusable file descriptions, and the
 upload's content type reaching recipients."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 
 from e2eproxy.config import EncryptionConfig
-from tests.integration.conftest import StartE2EEProxy
-from tests.integration.test_attachments import (  # noqa: F401  (fixtures)
+from tests.integration.conftest import StartE2EEProxy, proxied
+from tests.support.plain_client import (
     NO_WAIT,
-    PNG,
     direct,
+    encrypted_room_of,
     get_media,
-    proxied,
-    start_media_proxy,
     stub_media,
     upload_media,
 )
-from tests.support.plain_client import encrypted_room_of
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.wire import raw_messages
 
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+
 
 async def test_expired_upload_is_not_used_before_the_periodic_sweep(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     """Bug: get_pending() ignores expires_ms; only the 5-minute sweep forgets an upload, so for
     up to 5 minutes past its lifetime it is still served and still published."""
     _, (alice, bob) = await proxied(
         stub,
         session,
-        start_media_proxy,
+        start_e2ee_proxy,
         "alice",
         "bob",
         encryption=EncryptionConfig(pending_upload_ttl=0.3),
@@ -52,12 +51,12 @@ async def test_expired_upload_is_not_used_before_the_periodic_sweep(
 
 
 async def test_unusable_encrypted_file_downloads_as_an_error(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     """Bug: an event whose `file` has an unknown version or a bad key is not remembered
     (media_of_event skips it) but still gets a `url` (expose_urls), so the download passes
     through and the client is served the ciphertext as if it were the file, with no error."""
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     mxc = await upload_media(direct(alice, stub), b"\x00" * 64 + PNG, "application/octet-stream")
     good_key = {
@@ -95,7 +94,7 @@ async def test_unusable_encrypted_file_downloads_as_an_error(
 
 
 async def test_upload_content_type_reaches_recipients_when_the_event_has_no_mimetype(
-    stub: StubHomeserver, session: aiohttp.ClientSession, start_media_proxy: StartE2EEProxy
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     """Bug: in an encrypted room the upload's Content-Type is lost for everyone but the sender.
     The ciphertext goes up as application/octet-stream and the recipient's proxy only knows
@@ -103,7 +102,7 @@ async def test_upload_content_type_reaches_recipients_when_the_event_has_no_mime
     enough in a plain room), the recipient gets application/octet-stream. The proxy could add
     `info.mimetype` from the upload when it rewrites `url` to `file` (media_refs.py
     _encrypted_file / encrypt_references)."""
-    _, (alice, bob) = await proxied(stub, session, start_media_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     mxc = await upload_media(alice, PNG, "image/png", filename="bare.png")
     event_id = await alice.send(room_id, {"msgtype": "m.image", "body": "bare.png", "url": mxc})

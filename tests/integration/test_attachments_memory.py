@@ -16,7 +16,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.plain_client import PlainClient, encrypted_room_of, login_all, media_path
+from tests.support.plain_client import (
+    PlainClient,
+    encrypted_room_of,
+    login_all,
+    media_path,
+    stub_media,
+)
 from tests.support.processes import ProxyProcess, peak_rss_mb
 from tests.support.stub_homeserver import StubHomeserver
 
@@ -66,8 +72,7 @@ async def test_100_mb_attachment_encrypted_up_and_decrypted_down_in_bounded_memo
         content = {"msgtype": "m.file", "body": "big.bin", "url": mxc, "info": {"size": size}}
         event_id = await alice.send(room_id, content)
         after_send = peak_rss_mb(pid)
-        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
-        stored = stub.media.items[(server, media_id)].content
+        stored = stub_media(stub, mxc).content
         assert stored is not None and len(stored) == size
         expected = hashlib.sha256()
         for i in range(BODY_MIB):

@@ -16,13 +16,7 @@ from e2eproxy.types import DeviceId, UserId
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
 from tests.support.stub_homeserver import StubHomeserver
-from tests.support.wire import assert_ciphertext_only, raw_messages
-
-ENCRYPTION_STATE = {
-    "type": "m.room.encryption",
-    "state_key": "",
-    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-}
+from tests.support.wire import assert_ciphertext_only, encryption_state, raw_messages
 
 
 def key_of(client: PlainClient) -> AccountKey:
@@ -68,7 +62,7 @@ async def test_device_with_foreign_keys_is_refused_for_encrypted_sends_only(
         "signatures": {erin_id: {"ed25519:ERINDEV": "c2ln"}},
     }
     stub.upload_keys(erin_id, "ERINDEV", {"device_keys": foreign_keys})
-    encrypted = stub.create_room(erin_id, initial_state=[ENCRYPTION_STATE])
+    encrypted = stub.create_room(erin_id, initial_state=[encryption_state()])
     plain = stub.create_room(erin_id)
     erin = PlainClient(session, proxy.url, direct.access_token)
 

@@ -13,7 +13,7 @@ import pytest
 
 from e2eproxy.config import EncryptionConfig
 from e2eproxy.protocol.canonical import verify_json
-from tests.integration.conftest import StartE2EEProxy
+from tests.integration.conftest import StartE2EEProxy, proxied
 from tests.support.plain_client import PlainClient, login_all
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.wire import MEGOLM, assert_ciphertext_only, raw_messages
@@ -28,8 +28,7 @@ async def alice_and_bob(
     encryption: EncryptionConfig | None = None,
 ) -> tuple[PlainClient, PlainClient, str]:
     """Alice and Bob, each logged in through the proxy, joined to Alice's encrypted room."""
-    proxy = await start(encryption=encryption)
-    alice, bob = await login_all(session, proxy.url, stub, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start, "alice", "bob", encryption=encryption)
     room_id = await alice.create_encrypted_room(invite=[bob.user_id])
     await bob.join(room_id)
     return alice, bob, room_id

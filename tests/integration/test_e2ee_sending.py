@@ -11,34 +11,22 @@ import aiohttp
 import pytest
 
 from e2eproxy.config import EncryptionConfig
-from tests.integration.conftest import StartE2EEProxy
+from tests.integration.conftest import StartE2EEProxy, proxied
 from tests.support.plain_client import (
     PlainClient,
     encrypted_room_of,
     get_media,
-    login_all,
+    stub_media,
     to_device_recipients,
     upload_media,
 )
 from tests.support.stub_homeserver import StubHomeserver
-from tests.support.wire import assert_ciphertext_only, megolm_message_index, raw_messages
-
-ENCRYPTION_STATE = {
-    "type": "m.room.encryption",
-    "state_key": "",
-    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-}
-
-
-async def clients(
-    stub: StubHomeserver,
-    session: aiohttp.ClientSession,
-    start: StartE2EEProxy,
-    *names: str,
-    encryption: EncryptionConfig | None = None,
-) -> list[PlainClient]:
-    proxy = await start(encryption=encryption)
-    return await login_all(session, proxy.url, stub, *names)
+from tests.support.wire import (
+    assert_ciphertext_only,
+    encryption_state,
+    megolm_message_index,
+    raw_messages,
+)
 
 
 def sent_events(stub: StubHomeserver, room_id: str) -> list[dict[str, Any]]:
@@ -50,8 +38,8 @@ async def test_unknown_room_encryption_state_fails_closed(
 ) -> None:
     # Keep the proxy's background sync from ever seeing the room: its first /sync waits.
     stub.faults.add(r"/sync$", method="GET", delay=3.0, times=1)
-    (alice,) = await clients(stub, session, start_e2ee_proxy, "alice")
-    room_id = stub.create_room(alice.user_id, initial_state=[ENCRYPTION_STATE])
+    _, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
+    room_id = stub.create_room(alice.user_id, initial_state=[encryption_state()])
     broken = stub.faults.add(r"/state/m\.room\.encryption", method="GET", status=500)
     status, body = await alice.send_raw(room_id, {"msgtype": "m.text", "body": "secret"})
     assert status >= 400, body
@@ -71,8 +59,8 @@ async def test_a_404_that_is_not_the_servers_no_such_state_is_doubt_not_plain(
     """A 404 from something in between (or an endpoint it does not know) says nothing about
     the room: only the server's M_NOT_FOUND for the state event means 'unencrypted'."""
     stub.faults.add(r"/sync$", method="GET", delay=3.0, times=1)
-    (alice,) = await clients(stub, session, start_e2ee_proxy, "alice")
-    room_id = stub.create_room(alice.user_id, initial_state=[ENCRYPTION_STATE])
+    _, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
+    room_id = stub.create_room(alice.user_id, initial_state=[encryption_state()])
     stub.faults.add(
         r"/state/m\.room\.encryption", method="GET", status=404, errcode="M_UNRECOGNIZED"
     )
@@ -84,7 +72,7 @@ async def test_a_404_that_is_not_the_servers_no_such_state_is_doubt_not_plain(
 async def test_key_share_failure_sends_nothing_and_the_retry_succeeds(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     fault = stub.faults.add(r"/sendToDevice/", method="PUT", status=500)
     content = {"msgtype": "m.text", "body": "after the outage"}
@@ -105,7 +93,7 @@ async def test_key_share_failure_sends_nothing_and_the_retry_succeeds(
 async def test_same_txn_twice_is_one_event_encrypted_once(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     content = {"msgtype": "m.text", "body": "once"}
     first = await alice.send(room_id, content, txn="txn-same")
@@ -143,7 +131,7 @@ async def test_every_form_of_send_the_server_accepts_is_encrypted(
 ) -> None:
     """Synapse also takes a txn-less POST and the api/v1 and unstable prefixes: none of them
     may carry plaintext past the proxy."""
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     path = f"/_matrix/client/{prefix}/rooms/{room_id}/send/m.room.message"
     if with_txn:
@@ -168,7 +156,7 @@ async def test_any_other_shape_of_send_is_refused_not_forwarded(
     method: str,
     suffix: str,
 ) -> None:
-    (alice,) = await clients(stub, session, start_e2ee_proxy, "alice")
+    _, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
     room_id = await encrypted_room_of(alice)
     status, body = await alice.request(
         method, f"/_matrix/client/v3/rooms/{room_id}/send{suffix}", {"body": "secret"}
@@ -181,8 +169,8 @@ async def test_any_other_shape_of_send_is_refused_not_forwarded(
 async def test_created_encrypted_room_first_message_reaches_the_invitee(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
-    room_id = await alice.create_room(invite=[bob.user_id], initial_state=[ENCRYPTION_STATE])
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await alice.create_room(invite=[bob.user_id], initial_state=[encryption_state()])
     # No /sync in between: the proxy knows from createRoom that the room is encrypted.
     event_id = await alice.send_text(room_id, "first words")
     assert_ciphertext_only(stub.raw_events(room_id))
@@ -213,7 +201,7 @@ async def test_plaintext_file_into_encrypted_room_is_refused(
     content: dict[str, Any],
 ) -> None:
     """By default no file that was ever plaintext on the server enters an encrypted room."""
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     status, body = await alice.send_raw(room_id, content)
     assert 400 <= status < 500, body
@@ -227,7 +215,7 @@ async def test_file_already_on_the_server_in_plaintext_goes_in_as_an_encrypted_c
 ) -> None:
     """With plaintext_files = "copy", a bridge relaying a file that is on the server in
     plaintext gets an encrypted copy into the room, and no event there names the plaintext."""
-    alice, bob = await clients(
+    _, (alice, bob) = await proxied(
         stub, session, start_e2ee_proxy, "alice", "bob",
         encryption=EncryptionConfig(plaintext_files="copy"),
     )
@@ -245,8 +233,7 @@ async def test_file_already_on_the_server_in_plaintext_goes_in_as_an_encrypted_c
     seen = await bob.wait_for_event(room_id, event_id)
     copy = seen["content"]["file"]["url"]
     assert copy != plain_mxc
-    server, media_id = copy.removeprefix("mxc://").split("/")
-    stored = stub.media.items[(server, media_id)].content
+    stored = stub_media(stub, copy).content
     assert stored is not None and data[:20] not in stored and len(stored) == len(data)
     answer = await get_media(bob, copy)
     assert answer.status == 200 and answer.body == data
@@ -255,7 +242,7 @@ async def test_file_already_on_the_server_in_plaintext_goes_in_as_an_encrypted_c
 async def test_file_missing_from_the_server_sends_nothing(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(
+    _, (alice, bob) = await proxied(
         stub, session, start_e2ee_proxy, "alice", "bob",
         encryption=EncryptionConfig(plaintext_files="copy"),
     )
@@ -270,7 +257,7 @@ async def test_file_missing_from_the_server_sends_nothing(
 async def test_reactions_edits_replies_and_threads_are_encrypted_with_cleartext_relation(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob)
     original = await alice.send_text(room_id, "original")
     relations = {
@@ -308,7 +295,7 @@ async def test_reactions_edits_replies_and_threads_are_encrypted_with_cleartext_
 async def test_unencrypted_room_send_goes_out_unchanged(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await alice.create_room(invite=[bob.user_id])
     await bob.join(room_id)
     content = {"msgtype": "m.text", "body": "in the clear", "x.custom": {"n": [1, 2]}}
@@ -324,7 +311,7 @@ async def test_unencrypted_room_send_goes_out_unchanged(
 async def test_rotation_period_msgs_gives_a_new_session_every_two_messages(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
-    alice, bob = await clients(stub, session, start_e2ee_proxy, "alice", "bob")
+    _, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
     room_id = await encrypted_room_of(alice, bob, rotation_period_msgs=2)
     event_ids = [await alice.send_text(room_id, f"m{i}") for i in range(5)]
     stored = sent_events(stub, room_id)
@@ -347,7 +334,7 @@ async def test_member_who_left_gets_no_key_for_later_messages(
     start_e2ee_proxy: StartE2EEProxy,
     where: str,
 ) -> None:
-    alice, bob, carol = await clients(stub, session, start_e2ee_proxy, "alice", "bob", "carol")
+    _, (alice, bob, carol) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob", "carol")
     room_id = await encrypted_room_of(alice, bob, carol)
     before = await alice.send_text(room_id, "everyone")
     carol_device = (carol.user_id, carol.device_id)
@@ -384,14 +371,14 @@ async def test_invitees_get_the_key_unless_history_is_for_joined_members_only(
     start_e2ee_proxy: StartE2EEProxy,
     visibility: str,
 ) -> None:
-    alice, bob = await clients(
+    _, (alice, bob) = await proxied(
         stub, session, start_e2ee_proxy, "alice", "bob",
         encryption=EncryptionConfig(missing_key_wait=0.2),
     )
     room_id = await alice.create_room(
         invite=[bob.user_id],
         initial_state=[
-            {"type": "m.room.encryption", "state_key": "", "content": ENCRYPTION_STATE["content"]},
+            encryption_state(),
             {"type": "m.room.history_visibility", "state_key": "",
              "content": {"history_visibility": visibility}},
         ],

@@ -18,6 +18,7 @@ from tests.support.plain_client import (
     encrypted_room_of,
     get_media,
     login_all,
+    stub_media,
     upload_media,
 )
 from tests.support.stub_homeserver import StubHomeserver
@@ -126,7 +127,7 @@ async def test_a_second_sender_cannot_replace_a_files_key(
     await bob.wait_for_event(room_id, event_id)
     assert_served(await get_media(bob, url), PNG)
 
-    ciphertext = stub.media.items[tuple(url.removeprefix("mxc://").split("/", 1))].content
+    ciphertext = stub_media(stub, url).content
     assert ciphertext is not None
     forged = {
         "v": "v2", "url": url, "iv": b64(os.urandom(8) + bytes(8)),

@@ -16,9 +16,10 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.nio_peer import NioPeer, PeerFactory, encryption_state
+from tests.support.nio_peer import NioPeer, PeerFactory
 from tests.support.plain_client import PlainClient, q
 from tests.support.synapse import SynapseServer
+from tests.support.wire import encryption_state
 
 POLL_MS = 300
 TIMEOUT = 15.0

@@ -48,7 +48,7 @@ from nio.api import Api
 from nio.crypto import OlmDevice
 from nio.exceptions import EncryptionError
 
-from tests.support.wire import MEGOLM
+from tests.support.wire import encryption_state
 
 # One long-poll inside a deadline loop: short, so a loop never overshoots its deadline by much.
 POLL_MS = 300
@@ -90,14 +90,6 @@ def _check(response: Any, expected: type, what: str) -> Any:
     if not isinstance(response, expected):
         raise PeerError(f"{what} failed: {response!r}")
     return response
-
-
-def encryption_state(rotation_period_msgs: int | None = None) -> dict[str, Any]:
-    """An `m.room.encryption` state event for `initial_state`."""
-    content: dict[str, Any] = {"algorithm": MEGOLM}
-    if rotation_period_msgs is not None:
-        content["rotation_period_msgs"] = rotation_period_msgs
-    return {"type": "m.room.encryption", "state_key": "", "content": content}
 
 
 class NioPeer:

@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from tests.support.wire import encryption_state
+
 V3 = "/_matrix/client/v3"
 V1 = "/_matrix/client/v1"
 _txn = itertools.count(1)
@@ -123,10 +125,8 @@ class PlainClient:
     async def create_encrypted_room(
         self, invite: list[str] | None = None, **encryption: Any
     ) -> str:
-        content = {"algorithm": "m.megolm.v1.aes-sha2", **encryption}
         return await self.create_room(
-            invite=invite or [],
-            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": content}],
+            invite=invite or [], initial_state=[encryption_state(**encryption)]
         )
 
     async def invite(self, room_id: str, user_id: str) -> None:
@@ -285,6 +285,20 @@ async def login_all(
     return clients
 
 
+def direct(client: PlainClient, stub: Any) -> PlainClient:
+    """The same user and token, talking to the stub directly (what the server would answer)."""
+    assert stub.base_url is not None
+    other = PlainClient(client.http, stub.base_url, client.access_token)
+    other.user_id = client.user_id
+    return other
+
+
+def stub_media(stub: Any, mxc: str) -> Any:
+    """The stub's stored item for `mxc` (its `content` is None while only reserved)."""
+    server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+    return stub.media.items[(server, media_id)]
+
+
 def to_device_recipients(requests: list[Any], since: int = 0) -> list[tuple[str, str]]:
     """(user, device) of every message in the stub's recorded /sendToDevice requests."""
     found: list[tuple[str, str]] = []
@@ -307,6 +321,8 @@ async def encrypted_room_of(creator: PlainClient, *others: PlainClient, **encryp
 
 # -- media through a base URL (the proxy, or the stub directly) ------------------------------
 MEDIA_V3 = "/_matrix/media/v3"
+# A stub download of an empty (reserved) item waits for its content: keep that wait short.
+NO_WAIT = {"timeout_ms": "100"}
 
 
 async def upload_media(

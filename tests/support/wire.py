@@ -25,6 +25,15 @@ CLEARTEXT_FIELDS = frozenset(
 )
 
 
+def encryption_state(rotation_period_msgs: int | None = None, **settings: Any) -> JsonDict:
+    """An `m.room.encryption` state event (Megolm) for `initial_state`, with any other
+    settings of its content."""
+    content: JsonDict = {"algorithm": MEGOLM, **settings}
+    if rotation_period_msgs is not None:
+        content["rotation_period_msgs"] = rotation_period_msgs
+    return {"type": "m.room.encryption", "state_key": "", "content": content}
+
+
 def raw_messages(raw_events: Iterable[JsonDict]) -> list[JsonDict]:
     """The non-state events of a room's raw history (what senders wrote, as stored)."""
     return [e for e in raw_events if "state_key" not in e]
