@@ -102,6 +102,21 @@ def _device_json(device_id: str, display_name: str | None) -> dict[str, object]:
             "last_seen_ip": None, "last_seen_ts": None}
 
 
+def _password_step(body: dict[str, object], password: str) -> web.Response | None:
+    """The user-interactive auth step in front of deleting devices: None once `body` carries
+    the right password; the 401 asking for one when it carries no password auth at all."""
+    auth = body.get("auth") or {}
+    if not isinstance(auth, dict) or auth.get("type") != "m.login.password":
+        return web.json_response(
+            {"flows": [{"stages": ["m.login.password"]}], "params": {},
+             "session": secrets.token_urlsafe(12)},
+            status=401,
+        )
+    if auth.get("password") != password:
+        raise forbidden("Invalid password")
+    return None
+
+
 async def devices(request: web.Request) -> web.Response:
     session = session_of(request)
     user = stub_of(request).accounts.user(session.user_id)
@@ -124,15 +139,9 @@ async def device(request: web.Request) -> web.Response:
         if "display_name" in body:
             found.display_name = body["display_name"]
         return ok()
-    auth = body.get("auth") or {}
-    if auth.get("type") != "m.login.password":
-        return web.json_response(
-            {"flows": [{"stages": ["m.login.password"]}], "params": {},
-             "session": secrets.token_urlsafe(12)},
-            status=401,
-        )
-    if auth.get("password") != user.password:
-        raise forbidden("Invalid password")
+    challenge = _password_step(body, user.password)
+    if challenge is not None:
+        return challenge
     stub.delete_device(session.user_id, device_id)
     return ok()
 
@@ -147,15 +156,9 @@ async def delete_devices(request: web.Request) -> web.Response:
     devices = body.get("devices")
     if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
         raise bad_json_field("devices must be a list of device IDs")
-    auth = body.get("auth") or {}
-    if auth.get("type") != "m.login.password":
-        return web.json_response(
-            {"flows": [{"stages": ["m.login.password"]}], "params": {},
-             "session": secrets.token_urlsafe(12)},
-            status=401,
-        )
-    if auth.get("password") != user.password:
-        raise forbidden("Invalid password")
+    challenge = _password_step(body, user.password)
+    if challenge is not None:
+        return challenge
     for device_id in devices:
         stub.delete_device(session.user_id, device_id)
     return ok()
