@@ -20,6 +20,16 @@ def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("keys", *args)
 
 
+def keys_file(
+    command: str, file: Path, data_dir: Path, passphrase_file: Path
+) -> subprocess.CompletedProcess[str]:
+    """`e2eproxy keys export|import FILE` for USER, the passphrase read from a file."""
+    return keys_cli(
+        command, str(file), "--user", USER, "--data-dir", str(data_dir),
+        "--passphrase-file", str(passphrase_file),
+    )
+
+
 async def store_with_sessions(data_dir: Path, count: int) -> list[str]:
     store = SqliteStore(data_dir, use_keyring=False)
     await store.open()
@@ -63,37 +73,16 @@ def test_export_then_import_into_another_store(tmp_path: Path) -> None:
     secret = tmp_path / "pass"
     secret.write_text("correct horse\n")
     out = tmp_path / "keys.txt"
-    result = keys_cli(
-        "export",
-        str(out),
-        "--user",
-        USER,
-        "--data-dir",
-        str(tmp_path / "a"),
-        "--passphrase-file",
-        str(secret),
-    )
+    result = keys_file("export", out, tmp_path / "a", secret)
     assert result.returncode == 0, result.stderr
     assert out.read_text().startswith("-----BEGIN MEGOLM SESSION DATA-----")
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    refused = keys_cli(
-        "export", str(tmp_path / "weak.txt"), "--user", USER, "--data-dir", str(tmp_path / "a"),
-        "--passphrase-file", str(empty),
-    )
+    refused = keys_file("export", tmp_path / "weak.txt", tmp_path / "a", empty)
     assert refused.returncode == 1 and "empty passphrase" in refused.stderr, refused.stderr
     assert not (tmp_path / "weak.txt").exists()
-    result = keys_cli(
-        "import",
-        str(out),
-        "--user",
-        USER,
-        "--data-dir",
-        str(tmp_path / "b"),
-        "--passphrase-file",
-        str(secret),
-    )
+    result = keys_file("import", out, tmp_path / "b", secret)
     assert result.returncode == 0, result.stderr
     assert "Imported 3 of 3 room keys" in result.stderr
     assert asyncio.run(stored_session_ids(tmp_path / "b")) == set(session_ids)
@@ -105,29 +94,8 @@ def test_wrong_passphrase_imports_nothing_with_one_clear_line(tmp_path: Path) ->
     (tmp_path / "right").write_text("right")
     (tmp_path / "wrong").write_text("wrong")
     out = tmp_path / "keys.txt"
-    assert (
-        keys_cli(
-            "export",
-            str(out),
-            "--user",
-            USER,
-            "--data-dir",
-            str(tmp_path / "a"),
-            "--passphrase-file",
-            str(tmp_path / "right"),
-        ).returncode
-        == 0
-    )
-    result = keys_cli(
-        "import",
-        str(out),
-        "--user",
-        USER,
-        "--data-dir",
-        str(tmp_path / "b"),
-        "--passphrase-file",
-        str(tmp_path / "wrong"),
-    )
+    assert keys_file("export", out, tmp_path / "a", tmp_path / "right").returncode == 0
+    result = keys_file("import", out, tmp_path / "b", tmp_path / "wrong")
     assert result.returncode == 1
     assert result.stderr.startswith("e2eproxy: ")
     assert "Traceback" not in result.stderr
