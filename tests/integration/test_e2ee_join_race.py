@@ -5,9 +5,27 @@ from __future__ import annotations
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import login_all, to_device_recipients
+from tests.support.plain_client import PlainClient, login_all, to_device_recipients
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.wire import assert_ciphertext_only
+
+
+async def bob_sends_right_after_joining(
+    stub: StubHomeserver, alice: PlainClient, bob: PlainClient
+) -> str:
+    """Alice's new encrypted room, Bob invited; Bob joins and sends at once. The room key went to
+    Alice's device before the message, the server holds only ciphertext, Alice reads it.
+    Returns the room id."""
+    room_id = await alice.create_encrypted_room(invite=[bob.user_id])
+    await bob.join(room_id)
+    mark = len(stub.requests)
+    first = await bob.send_text(room_id, "hi, just joined")
+    assert (alice.user_id, alice.device_id) in to_device_recipients(stub.requests, mark)
+    assert_ciphertext_only(stub.raw_events(room_id))
+    seen = await alice.wait_for_event(room_id, first)
+    assert seen["type"] == "m.room.message"
+    assert seen["content"] == {"msgtype": "m.text", "body": "hi, just joined"}
+    return room_id
 
 
 async def test_two_proxies_send_right_after_joining(
@@ -17,17 +35,9 @@ async def test_two_proxies_send_right_after_joining(
     bob_proxy = await start_e2ee_proxy()
     (alice,) = await login_all(session, alice_proxy.url, stub, "alice")
     (bob,) = await login_all(session, bob_proxy.url, stub, "bob")
-    room_id = await alice.create_encrypted_room(invite=[bob.user_id])
-    await bob.join(room_id)
     # Bob's proxy has not seen the room in any sync: it must ask the server, then share the
     # key with Alice's device before the first message leaves.
-    mark = len(stub.requests)
-    first = await bob.send_text(room_id, "hi, just joined")
-    assert (alice.user_id, alice.device_id) in to_device_recipients(stub.requests, mark)
-    assert_ciphertext_only(stub.raw_events(room_id))
-    seen = await alice.wait_for_event(room_id, first)
-    assert seen["type"] == "m.room.message"
-    assert seen["content"] == {"msgtype": "m.text", "body": "hi, just joined"}
+    room_id = await bob_sends_right_after_joining(stub, alice, bob)
     back = await alice.send_text(room_id, "welcome")
     assert (await bob.wait_for_event(room_id, back))["content"]["body"] == "welcome"
     assert_ciphertext_only(stub.raw_events(room_id))
@@ -41,12 +51,4 @@ async def test_one_proxy_invitee_sends_right_after_joining(
 ) -> None:
     proxy = await start_e2ee_proxy()
     alice, bob = await login_all(session, proxy.url, stub, "alice", "bob")
-    room_id = await alice.create_encrypted_room(invite=[bob.user_id])
-    await bob.join(room_id)
-    mark = len(stub.requests)
-    first = await bob.send_text(room_id, "hi, just joined")
-    assert (alice.user_id, alice.device_id) in to_device_recipients(stub.requests, mark)
-    assert_ciphertext_only(stub.raw_events(room_id))
-    seen = await alice.wait_for_event(room_id, first)
-    assert seen["type"] == "m.room.message"
-    assert seen["content"] == {"msgtype": "m.text", "body": "hi, just joined"}
+    await bob_sends_right_after_joining(stub, alice, bob)
