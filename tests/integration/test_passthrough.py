@@ -10,8 +10,8 @@ import pytest
 from yarl import URL
 
 from tests.integration.conftest import StartProxy
+from tests.support.processes import free_port
 from tests.support.stub_homeserver import StubHomeserver
-from tests.support.synapse import free_port
 
 V3 = "/_matrix/client/v3"
 

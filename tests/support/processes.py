@@ -1,5 +1,6 @@
 """Helpers for tests that run e2eproxy (or anything else) as a real child process: the child's
-environment (`child_env`), a CLI command run to its end (`run_cli`), and the proxy itself, running
+environment (`child_env`), a child that dies with the test process (`DIE_WITH_PARENT`), a port to
+give it (`free_port`), a CLI command run to its end (`run_cli`), and the proxy itself, running
 (`ProxyProcess`, `running_proxy`)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,13 +17,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from tests.support.synapse import free_port
-
 E2EPROXY = (sys.executable, "-m", "e2eproxy")
 # How long a SIGTERM may take: SHUTDOWN_TIMEOUT_S (5 s) for in-flight requests, and a margin.
 SIGTERM_EXIT_S = 8.0
 # Never the developer's real keyring: a store falls back to a key file in its data dir.
 NULL_KEYRING = "keyring.backends.null.Keyring"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out for `host` (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+# preexec_fn for every child the tests start (Linux only): none outlives the test process.
+DIE_WITH_PARENT = _die_with_parent if sys.platform.startswith("linux") else None
 
 
 def child_env(
@@ -130,7 +150,7 @@ class ProxyProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=child_env(),
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=DIE_WITH_PARENT,
         )
         assert self.process.stderr is not None
         self._reader = threading.Thread(
@@ -217,11 +237,3 @@ def running_proxy(
         yield proxy
     finally:
         proxy.stop()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the test process dies, even by SIGKILL."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG

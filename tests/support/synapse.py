@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,8 @@ from typing import Any
 
 import aiohttp
 import yaml
+
+from tests.support.processes import DIE_WITH_PARENT, free_port
 
 # A rate limit nobody reaches in a test run.
 _UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
@@ -79,13 +80,6 @@ STARTUP_TIMEOUT = 60.0
 # Never route test traffic to 127.0.0.1 through an HTTP(S)_PROXY from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 STOP_TIMEOUT = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out for `host` (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -261,7 +255,7 @@ class SynapseServer:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=DIE_WITH_PARENT,
             )
 
     def _wait_ready(self, timeout: float) -> None:
@@ -405,15 +399,6 @@ class SynapseServer:
             ) as response,
         ):
             return await _checked_json(response)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the test process dies, even by SIGKILL."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 async def _checked_json(response: aiohttp.ClientResponse) -> dict[str, Any]:
