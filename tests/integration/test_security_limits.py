@@ -12,22 +12,14 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import PlainClient, login_all
+from tests.support.plain_client import V3, PlainClient, forwarded, login_all
 from tests.support.raw_http import raw_request
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.wire import raw_messages
 
-V3 = "/_matrix/client/v3"
-
 
 def auth(client: PlainClient, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {client.access_token}", **extra}
-
-
-def forwarded(stub: StubHomeserver, before: int, *fragments: str) -> list[str]:
-    """Paths of the requests since `before` that contain one of `fragments` (the proxy's own
-    background sync and key traffic go on meanwhile)."""
-    return [r.path for r in stub.requests[before:] if any(f in r.path for f in fragments)]
 
 
 def send_path(room_id: str, txn: str) -> str:

@@ -13,6 +13,7 @@ import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import (
+    V3,
     MediaAnswer,
     PlainClient,
     encrypted_room_of,
@@ -23,7 +24,6 @@ from tests.support.plain_client import (
 )
 from tests.support.stub_homeserver import StubHomeserver
 
-V3 = "/_matrix/client/v3"
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(2000)
 
 

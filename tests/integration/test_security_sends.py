@@ -10,17 +10,12 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.integration.conftest import StartE2EEProxy
-from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
+from tests.support.plain_client import V3, PlainClient, encrypted_room_of, forwarded, login_all
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.wire import assert_ciphertext_only, raw_messages
 
-V3 = "/_matrix/client/v3"
 FORM = "application/x-www-form-urlencoded"
 SECRET = b"the plaintext of a file"
-
-
-def forwarded(stub: StubHomeserver, before: int, *fragments: str) -> list[str]:
-    return [r.path for r in stub.requests[before:] if any(f in r.path for f in fragments)]
 
 
 async def test_a_send_whose_token_the_proxy_cannot_see_is_refused(

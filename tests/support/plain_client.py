@@ -299,6 +299,12 @@ def stub_media(stub: Any, mxc: str) -> Any:
     return stub.media.items[(server, media_id)]
 
 
+def forwarded(stub: Any, before: int, *fragments: str) -> list[str]:
+    """Paths of the stub's requests since `before` that contain one of `fragments` (the proxy's
+    own background sync and key traffic go on meanwhile)."""
+    return [r.path for r in stub.requests[before:] if any(f in r.path for f in fragments)]
+
+
 def to_device_recipients(requests: list[Any], since: int = 0) -> list[tuple[str, str]]:
     """(user, device) of every message in the stub's recorded /sendToDevice requests."""
     found: list[tuple[str, str]] = []
