@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.e2e_clients import register_and_login
 from tests.support.js_peer import JsPeer, ensure_installed
 from tests.support.plain_client import PlainClient
 from tests.support.synapse import SynapseServer
@@ -73,10 +74,6 @@ def plain_login(
     """`await plain_login("alice")`: registered on Synapse, logged in through the proxy."""
 
     async def login(localpart: str) -> PlainClient:
-        password = f"{localpart}-password"
-        await synapse.register(localpart, password=password)
-        client = PlainClient(session, proxy_url)
-        await client.login(localpart, password)
-        return client
+        return await register_and_login(session, proxy_url, synapse, localpart)
 
     return login

@@ -1,9 +1,11 @@
-"""The plain side of the real-Synapse tier: a user behind the proxy, next to matrix-nio peers.
+"""The plain side of the real-Synapse tiers (e2e, interop): a user behind the proxy, next to
+matrix-nio or js peers.
 
 `Plain` is one PlainClient logged in through the proxy that keeps what its /syncs showed, per
 room (timeline, invites, to-device events, device list changes), and waits with the tier's
-deadline; `plain_login` and `plain_with_peer_room` set a conversation up; `decrypted_message`
-checks an event as the plain client must get it; `show` prints JSON whole in assertion messages.
+deadline; `register_and_login` (a bare PlainClient), `plain_login` and `plain_with_peer_room` set
+a conversation up; `decrypted_message` checks an event as the plain client must get it; `show`
+prints JSON whole in assertion messages.
 """
 
 from __future__ import annotations
@@ -100,15 +102,23 @@ class Plain:
         assert await self.client.join_by_id_or_alias(room_id) == room_id
 
 
+async def register_and_login(
+    session: aiohttp.ClientSession, base_url: str, synapse: SynapseServer, localpart: str
+) -> PlainClient:
+    """Register the user on Synapse (password "<localpart>-password"), then log in with it
+    through `base_url` (the proxy)."""
+    password = f"{localpart}-password"
+    await synapse.register(localpart, password=password)
+    client = PlainClient(session, base_url)
+    await client.login(localpart, password)
+    return client
+
+
 async def plain_login(
     session: aiohttp.ClientSession, proxy_url: str, synapse: SynapseServer, localpart: str
 ) -> Plain:
     """Register the user on Synapse, then log in with a password through the proxy."""
-    password = f"{localpart}-password"
-    await synapse.register(localpart, password=password)
-    client = PlainClient(session, proxy_url)
-    await client.login(localpart, password)
-    return Plain(client)
+    return Plain(await register_and_login(session, proxy_url, synapse, localpart))
 
 
 async def plain_with_peer_room(
