@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from e2eproxy.control import verify_flow
 from e2eproxy.control.protocol import ControlError, ControlRequest, Handler
 from e2eproxy.control.server import ControlServer
 from e2eproxy.control.verify_flow import VerifyTarget, verify_interactively
+from tests.support.processes import E2EPROXY, child_env
 
 USER = "@bot:hs.example"
 OTHER = "@alice:hs.example"
@@ -399,10 +399,10 @@ async def test_ctrl_c_in_a_real_process_cancels_the_verification(
     data_dir: Path, fake: FakeProxy
 ) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "e2eproxy", "ctl", "--data-dir", str(data_dir),
+        *E2EPROXY, "ctl", "--data-dir", str(data_dir),
         "verify", "--user", USER, OTHER,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=child_env(),
     )
     assert process.stderr is not None
     said = b""
