@@ -4,8 +4,6 @@ trust, and a SAS between two accounts of the proxy, to-device and in a room."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,8 +15,7 @@ from e2eproxy.proxy.app_keys import REGISTRY
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
 from tests.support.stub_homeserver import StubHomeserver
-
-DEADLINE_S = 10.0
+from tests.support.timing import until
 
 
 class Ctl:
@@ -29,18 +26,6 @@ class Ctl:
 
     async def __call__(self, cmd: str, user: str, **args: Any) -> Any:
         return await self.table[cmd](ControlRequest(cmd, user, None, args))
-
-
-async def until(what: str, probe: Callable[[], Awaitable[Any]]) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE_S
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

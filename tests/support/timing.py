@@ -1,10 +1,15 @@
-"""A timer the test moves: `sleep` waits until `advance` passes its deadline, so the shell's
-retries, backoffs, caches and lease renewals run in test time, with no real waiting and no
-loop spinning on a sleep that returns at once."""
+"""Time in tests. `ManualTimer`, a timer the test moves: `sleep` waits until `advance` passes its
+deadline, so the shell's retries, backoffs, caches and lease renewals run in test time, with no
+real waiting and no loop spinning on a sleep that returns at once. `until`, a bounded wait in real
+time for something another process (or task) does."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 START_MS = 1_700_000_000_000
 
@@ -46,3 +51,22 @@ class ManualTimer:
             if loop.time() > end:
                 raise AssertionError(f"{count} sleeps never started; slept so far: {self.slept}")
             await asyncio.sleep(0.005)
+
+
+async def until(
+    what: str,
+    probe: Callable[[], Awaitable[T]],
+    deadline_s: float = 10.0,
+    interval_s: float = 0.05,
+) -> T:
+    """Await `probe` every `interval_s` until it returns something true, and return that; fail
+    naming `what` once `deadline_s` (real time) has passed."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval_s)
