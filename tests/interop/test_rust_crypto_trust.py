@@ -103,6 +103,16 @@ async def test_a_peer_that_shares_only_with_cross_signed_devices(
     await js.wait_for_text(room_id, from_plain, "and back")
 
 
+async def peer_knows_proxy(js: JsPeer, plain: PlainClient) -> None:
+    """The peer has fetched the proxy user's cross-signing keys (so a SAS can vouch for them)."""
+
+    async def signed() -> bool:
+        status = await js.verification_status(plain.user_id, plain.device_id)
+        return bool(status["device"] and status["device"]["signed_by_owner"])
+
+    await until("the peer sees the proxy's device signed by its owner", signed)
+
+
 async def _compare_and_confirm(ctl: Ctl, js: JsPeer, proxy_flow: str, js_flow: str) -> None:
     emoji, decimals = await js.wait_sas(js_flow)
 
@@ -143,6 +153,7 @@ async def test_sas_started_by_the_proxy(
     await js.bootstrap_cross_signing()
     await ctl("cross-signing.bootstrap")
     await proxy_knows(ctl, js, identity=True)
+    await peer_knows_proxy(js, plain)
     started = await ctl("verify.start", user_id=js.user_id, device_id=js.device_id)
 
     async def incoming() -> Any:
@@ -161,6 +172,7 @@ async def test_sas_started_by_the_peer(
     await js.bootstrap_cross_signing()
     await ctl("cross-signing.bootstrap")
     await proxy_knows(ctl, js, identity=True)
+    await peer_knows_proxy(js, plain)
     js_flow = await js.request_verification(plain.user_id, device_id=plain.device_id)
 
     async def incoming() -> Any:
@@ -183,6 +195,7 @@ async def test_sas_in_a_room_started_by_the_peer(
     await js.bootstrap_cross_signing()
     await ctl("cross-signing.bootstrap")
     await proxy_knows(ctl, js, identity=True)
+    await peer_knows_proxy(js, plain)
     js_flow = await js.request_verification(plain.user_id, room_id=room_id)
 
     async def incoming() -> Any:
@@ -206,6 +219,7 @@ async def test_an_identity_change_of_a_verified_peer_withholds_keys_until_accept
     await js.bootstrap_cross_signing()
     await ctl("cross-signing.bootstrap")
     await proxy_knows(ctl, js, identity=True)
+    await peer_knows_proxy(js, plain)
     started = await ctl("verify.start", user_id=js.user_id, device_id=js.device_id)
 
     async def incoming() -> Any:
