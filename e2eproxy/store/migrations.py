@@ -57,14 +57,19 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return version
 
 
+def refuse_newer(version: int, known: int) -> None:
+    """``MigrationError`` (before any write) for a schema newer than this program knows."""
+    if version > known:
+        raise MigrationError(
+            f"the store was written by a newer e2eproxy (schema version {version}, this one "
+            f"knows up to {known}); upgrade e2eproxy. The store was not changed."
+        )
+
+
 def check_version(conn: sqlite3.Connection, migrations: list[Migration]) -> int:
     """The current version; ``MigrationError`` (and no write) if it is newer than we know."""
     version = schema_version(conn)
-    if version > len(migrations):
-        raise MigrationError(
-            f"the store was written by a newer e2eproxy (schema version {version}, this one "
-            f"knows up to {len(migrations)}); upgrade e2eproxy. The store was not changed."
-        )
+    refuse_newer(version, len(migrations))
     return version
 
 

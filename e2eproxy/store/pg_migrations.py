@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from e2eproxy.errors import MigrationError
+from e2eproxy.store.migrations import refuse_newer
 
 Conn = psycopg.Connection[TupleRow]
 PgMigration = tuple[str, Callable[[Conn], None]]
@@ -62,11 +63,7 @@ def schema_version(conn: Conn) -> int:
 def check_version(conn: Conn, migrations: list[PgMigration]) -> int:
     """The current version; ``MigrationError`` (and no write) if it is newer than we know."""
     version = schema_version(conn)
-    if version > len(migrations):
-        raise MigrationError(
-            f"the store was written by a newer e2eproxy (schema version {version}, this one "
-            f"knows up to {len(migrations)}); upgrade e2eproxy. The store was not changed."
-        )
+    refuse_newer(version, len(migrations))
     return version
 
 

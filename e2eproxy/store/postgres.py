@@ -23,13 +23,11 @@ several hosts, only the passphrase is the same everywhere.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +43,7 @@ from e2eproxy.store.pg_migrations import MIGRATIONS, PgMigration, check_version,
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.secrets import KeyringBackend, StoreKeys
 from e2eproxy.store.sql import KeySettings, Row, SqlTxn, key_kind
+from e2eproxy.store.threaded import ThreadedBackend
 from e2eproxy.store.txn import Txn
 
 T = TypeVar("T")
@@ -103,7 +102,7 @@ def _configure(conn: Conn) -> None:
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
 
 
-class PostgresBackend:
+class PostgresBackend(ThreadedBackend):
     """Owns the thread pool and the connection pool; see the module docstring."""
 
     def __init__(
@@ -118,6 +117,7 @@ class PostgresBackend:
         migrations: list[PgMigration] | None = None,
         pool_size: int = POOL_SIZE,
     ) -> None:
+        super().__init__(pool_size, "e2eproxy-pg")
         self._url = url  # may hold a password: never put it in a message or a log line
         self.data_dir = Path(data_dir)
         self._key_settings = KeySettings(
@@ -125,45 +125,12 @@ class PostgresBackend:
         )
         self._migrations = MIGRATIONS if migrations is None else migrations
         self._pool_size = pool_size
-        self._executor: ThreadPoolExecutor | None = None
         self._pool: ConnectionPool[Conn] | None = None
-        self._keys: StoreKeys | None = None
 
     @property
     def where(self) -> str:
         """The database for messages, password masked."""
         return mask_url(self._url)
-
-    @property
-    def pickle_key(self) -> bytes:
-        if self._keys is None:
-            raise StoreError("the store is not open")
-        return self._keys.pickle_key
-
-    async def open(self) -> None:
-        if self._executor is not None:
-            return
-        self._executor = ThreadPoolExecutor(self._pool_size, thread_name_prefix="e2eproxy-pg")
-        try:
-            await self._call(self._open_on_thread)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        await asyncio.get_running_loop().run_in_executor(executor, self._close_on_thread)
-        executor.shutdown(wait=True)
-
-    async def run(self, fn: Callable[[Txn], T]) -> T:
-        return await self._call(lambda: self._transaction(fn))
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise StoreError("the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _transaction(self, fn: Callable[[Txn], T]) -> T:
         keys = self._keys

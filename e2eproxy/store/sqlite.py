@@ -9,11 +9,9 @@ schema or a wrong passphrase leaves the file exactly as it was.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +21,7 @@ from e2eproxy.store.migrations import MIGRATIONS, Migration, check_version, migr
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.secrets import KeyringBackend, StoreKeys
 from e2eproxy.store.sql import KeySettings, Row, SqlTxn, key_kind
+from e2eproxy.store.threaded import ThreadedBackend
 from e2eproxy.store.txn import Txn
 
 T = TypeVar("T")
@@ -61,7 +60,7 @@ def _owner_only(path: Path) -> None:
         path.chmod(0o600)
 
 
-class SqliteBackend:
+class SqliteBackend(ThreadedBackend):
     """Owns the connection and the writer thread; see the module docstring."""
 
     def __init__(
@@ -75,46 +74,14 @@ class SqliteBackend:
         migrations: list[Migration] | None = None,
         filename: str = DB_NAME,
     ) -> None:
+        super().__init__(1, "e2eproxy-store")  # one writer: SQLite has one write lock anyway
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / filename
         self._key_settings = KeySettings(
             self.data_dir, passphrase, use_keyring, keyring_backend, scrypt_n
         )
         self._migrations = MIGRATIONS if migrations is None else migrations
-        self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._keys: StoreKeys | None = None
-
-    @property
-    def pickle_key(self) -> bytes:
-        if self._keys is None:
-            raise StoreError("the store is not open")
-        return self._keys.pickle_key
-
-    async def open(self) -> None:
-        if self._executor is not None:
-            return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="e2eproxy-store")
-        try:
-            await self._call(self._open_on_writer)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        await asyncio.get_running_loop().run_in_executor(executor, self._close_on_writer)
-        executor.shutdown(wait=True)
-
-    async def run(self, fn: Callable[[Txn], T]) -> T:
-        return await self._call(lambda: self._transaction(fn))
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise StoreError("the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _transaction(self, fn: Callable[[Txn], T]) -> T:
         conn, keys = self._conn, self._keys
@@ -131,7 +98,7 @@ class SqliteBackend:
         conn.execute("COMMIT")
         return result
 
-    def _open_on_writer(self) -> None:
+    def _open_on_thread(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _owner_only(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -196,7 +163,7 @@ class SqliteBackend:
             raise
         conn.execute("COMMIT")
 
-    def _close_on_writer(self) -> None:
+    def _close_on_thread(self) -> None:
         conn, self._conn = self._conn, None
         self._keys = None
         if conn is not None:
