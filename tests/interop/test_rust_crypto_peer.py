@@ -10,48 +10,28 @@ matrix-nio: a room key it cannot parse is dropped whole, which is what these tes
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any
 
 import pytest
 
 from tests.interop.conftest import JsPeers, PlainLogin
-from tests.support.js_peer import JsEvent, JsPeer
+from tests.support.js_peer import (
+    READ_DEADLINE,
+    JsEvent,
+    JsPeer,
+    js_room_with_plain,
+    plain_reads,
+)
 from tests.support.plain_client import PlainClient, get_media, upload_media
 from tests.support.synapse import SynapseServer
 from tests.support.wire import assert_ciphertext_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
 
-ENCRYPTION_INFO = "org.e2eproxy.encryption"
-READ_DEADLINE = 20.0
 # Shields that would mean the js peer cannot tie the message to the proxy's device.
 BAD_SHIELDS = {"MISMATCHED_SENDER", "MISMATCHED_SENDER_KEY", "UNKNOWN_DEVICE",
                "AUTHENTICITY_NOT_GUARANTEED", "UNKNOWN"}
-
-
-def _is_notice(event: dict[str, Any]) -> bool:
-    return bool(event.get("content", {}).get("org.e2eproxy.undecryptable"))
-
-
-async def plain_reads(plain: PlainClient, room_id: str, event_id: str, body: str,
-                      peer: JsPeer) -> dict[str, Any]:
-    """The plain client gets `event_id` decrypted to `body`, from `peer`'s device: first from
-    its /sync, and if the key was late, from /event (the proxy decrypts again)."""
-    event = await plain.wait_for_event(room_id, event_id, deadline_s=READ_DEADLINE)
-    deadline = time.monotonic() + READ_DEADLINE
-    while _is_notice(event) and time.monotonic() < deadline:
-        await asyncio.sleep(0.3)
-        event = await plain.event(room_id, event_id)
-    assert event["type"] == "m.room.message", f"not decrypted for the plain client: {event}"
-    assert event["content"]["body"] == body, event
-    assert event["sender"] == peer.user_id, event
-    info = event["unsigned"][ENCRYPTION_INFO]
-    assert info["sender_device"] == peer.device_id, info
-    assert info["verification"] not in ("mismatched_sender", "unknown_device"), info
-    return event
 
 
 def trusted_as_proxy_device(event: JsEvent, plain: PlainClient, body: str) -> None:
@@ -62,16 +42,6 @@ def trusted_as_proxy_device(event: JsEvent, plain: PlainClient, body: str) -> No
     assert event.sender_device == plain.device_id, event
     assert event.shield is not None, event
     assert event.shield["reason"] not in BAD_SHIELDS, event.shield
-
-
-async def js_room_with_plain(js: JsPeer, plain: PlainClient, **options: Any) -> str:
-    room_id = await js.create_encrypted_room([plain.user_id], **options)
-    await plain.sync_until(lambda: any(
-        room_id in body.get("rooms", {}).get("invite", {}) for body in plain.sync_bodies
-    ), "the invite", deadline_s=READ_DEADLINE)
-    await plain.join(room_id)
-    await js.wait_for_member(room_id, plain.user_id)
-    return room_id
 
 
 async def plain_room_with_js(plain: PlainClient, js: JsPeer, **encryption: Any) -> str:

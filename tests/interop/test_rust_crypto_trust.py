@@ -5,8 +5,7 @@ and an identity change of a verified peer."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+import functools
 from typing import Any
 
 import pytest
@@ -16,12 +15,13 @@ from e2eproxy.control.trust_commands import trust_commands
 from e2eproxy.proxy.app_keys import REGISTRY
 from tests.conftest import ServedProxy
 from tests.interop.conftest import JsPeers, PlainLogin
-from tests.interop.test_rust_crypto_peer import js_room_with_plain, plain_reads
-from tests.support.js_peer import JsPeer
+from tests.support import timing
+from tests.support.js_peer import JsPeer, js_room_with_plain, plain_reads
 from tests.support.plain_client import PlainClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop]
-DEADLINE_S = 30.0
+# Synapse and the js peer: a longer deadline, a slower poll.
+until = functools.partial(timing.until, deadline_s=30.0, interval_s=0.2)
 
 
 class Ctl:
@@ -33,18 +33,6 @@ class Ctl:
 
     async def __call__(self, cmd: str, **args: Any) -> Any:
         return await self.table[cmd](ControlRequest(cmd, self.user, None, args))
-
-
-async def until(what: str, probe: Callable[[], Awaitable[Any]]) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE_S
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def setup_pair(synapse_proxy: ServedProxy, js_peers: JsPeers, plain_login: PlainLogin,

@@ -14,9 +14,12 @@ import base64
 import contextlib
 import itertools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.plain_client import PlainClient
 
 JS_DIR = Path(__file__).resolve().parents[1] / "interop" / "js"
 NODE = JS_DIR / "node_modules" / ".bin" / "node"
@@ -240,3 +243,42 @@ class JsPeer:
 
     async def confirm_sas(self, flow_id: str, *, match: bool = True) -> None:
         await self.call("confirm_sas", id=flow_id, match=match)
+
+
+# -- a plain client behind the proxy, beside a js peer ------------------------------------------
+# What the proxy adds to a decrypted event's unsigned section.
+ENCRYPTION_INFO = "org.e2eproxy.encryption"
+READ_DEADLINE = 20.0
+
+
+def _is_notice(event: dict[str, Any]) -> bool:
+    return bool(event.get("content", {}).get("org.e2eproxy.undecryptable"))
+
+
+async def plain_reads(plain: PlainClient, room_id: str, event_id: str, body: str,
+                      peer: JsPeer) -> dict[str, Any]:
+    """The plain client gets `event_id` decrypted to `body`, from `peer`'s device: first from
+    its /sync, and if the key was late, from /event (the proxy decrypts again)."""
+    event = await plain.wait_for_event(room_id, event_id, deadline_s=READ_DEADLINE)
+    deadline = time.monotonic() + READ_DEADLINE
+    while _is_notice(event) and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        event = await plain.event(room_id, event_id)
+    assert event["type"] == "m.room.message", f"not decrypted for the plain client: {event}"
+    assert event["content"]["body"] == body, event
+    assert event["sender"] == peer.user_id, event
+    info = event["unsigned"][ENCRYPTION_INFO]
+    assert info["sender_device"] == peer.device_id, info
+    assert info["verification"] not in ("mismatched_sender", "unknown_device"), info
+    return event
+
+
+async def js_room_with_plain(js: JsPeer, plain: PlainClient, **options: Any) -> str:
+    """A js peer's new encrypted room; the plain client joins once its /sync shows the invite."""
+    room_id = await js.create_encrypted_room([plain.user_id], **options)
+    await plain.sync_until(lambda: any(
+        room_id in body.get("rooms", {}).get("invite", {}) for body in plain.sync_bodies
+    ), "the invite", deadline_s=READ_DEADLINE)
+    await plain.join(room_id)
+    await js.wait_for_member(room_id, plain.user_id)
+    return room_id
