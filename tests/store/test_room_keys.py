@@ -15,8 +15,7 @@ from e2eproxy.errors import StoreError
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.room_keys import export_room_keys, import_room_keys
 
-from .conftest import ALICE, BOB, ROOM, account_record, inbound_record, megolm_pair
-from .test_key_export import TEST_EXPORT
+from .conftest import ALICE, BOB, ROOM, TEST_EXPORT, account_record, inbound_record, megolm_pair
 
 FAST = kx.MIN_EXPORT_ROUNDS
 

@@ -11,18 +11,9 @@ import pytest
 from e2eproxy.errors import StoreCorrupt, WrongPassphrase
 from e2eproxy.store import secrets as sec
 
+from .conftest import FakeKeyring
+
 FAST_SCRYPT = {"n": 2**10, "r": 8, "p": 1}
-
-
-class FakeKeyring:
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.items.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.items[(service, username)] = password
 
 
 def test_passphrase_wrap_round_trip_and_wrong_passphrase() -> None:

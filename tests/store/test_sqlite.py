@@ -15,8 +15,7 @@ from e2eproxy.errors import MigrationError, StoreCorrupt, WrongPassphrase
 from e2eproxy.store.migrations import MIGRATIONS
 from e2eproxy.store.sqlite import DB_NAME, SqliteStore
 
-from .conftest import ALICE, BOB, full_changes, save_secrets
-from .test_secrets import FakeKeyring
+from .conftest import ALICE, BOB, FakeKeyring, full_changes, save_secrets
 
 FAST = 2**10
 
