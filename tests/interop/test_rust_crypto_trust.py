@@ -122,6 +122,27 @@ async def _compare_and_confirm(ctl: Ctl, js: JsPeer, proxy_flow: str, js_flow: s
     assert state["phase"] == "Done", state
 
 
+async def both_cross_signed(ctl: Ctl, js: JsPeer, plain: PlainClient) -> None:
+    """Both users bootstrap cross-signing, and each side has fetched the other's keys."""
+    await js.bootstrap_cross_signing()
+    await ctl("cross-signing.bootstrap")
+    await proxy_knows(ctl, js, identity=True)
+    await peer_knows_proxy(js, plain)
+
+
+async def proxy_verifies_peer(ctl: Ctl, js: JsPeer) -> None:
+    """A SAS the proxy requests, to the peer's device; the peer accepts (the proxy starts SAS by
+    itself then), both compare and confirm."""
+    started = await ctl("verify.start", user_id=js.user_id, device_id=js.device_id)
+
+    async def incoming() -> Any:
+        return next((f for f in await js.verifications() if not f["initiated_by_me"]), None)
+
+    request = await until("the peer sees the request", incoming)
+    await js.accept_verification(request["id"])
+    await _compare_and_confirm(ctl, js, started["id"], request["id"])
+
+
 async def _both_verified(ctl: Ctl, js: JsPeer, plain: PlainClient) -> None:
     listed = await ctl("devices", user_id=js.user_id)
     assert listed["identity"]["verified"] is True
@@ -138,18 +159,8 @@ async def test_sas_started_by_the_proxy(
     synapse_proxy: ServedProxy, js_peers: JsPeers, plain_login: PlainLogin, localpart: str
 ) -> None:
     plain, js, ctl, _room = await setup_pair(synapse_proxy, js_peers, plain_login, localpart)
-    await js.bootstrap_cross_signing()
-    await ctl("cross-signing.bootstrap")
-    await proxy_knows(ctl, js, identity=True)
-    await peer_knows_proxy(js, plain)
-    started = await ctl("verify.start", user_id=js.user_id, device_id=js.device_id)
-
-    async def incoming() -> Any:
-        return next((f for f in await js.verifications() if not f["initiated_by_me"]), None)
-
-    request = await until("the peer sees the request", incoming)
-    await js.accept_verification(request["id"])  # the proxy starts SAS by itself then
-    await _compare_and_confirm(ctl, js, started["id"], request["id"])
+    await both_cross_signed(ctl, js, plain)
+    await proxy_verifies_peer(ctl, js)
     await _both_verified(ctl, js, plain)
 
 
@@ -157,10 +168,7 @@ async def test_sas_started_by_the_peer(
     synapse_proxy: ServedProxy, js_peers: JsPeers, plain_login: PlainLogin, localpart: str
 ) -> None:
     plain, js, ctl, _room = await setup_pair(synapse_proxy, js_peers, plain_login, localpart)
-    await js.bootstrap_cross_signing()
-    await ctl("cross-signing.bootstrap")
-    await proxy_knows(ctl, js, identity=True)
-    await peer_knows_proxy(js, plain)
+    await both_cross_signed(ctl, js, plain)
     js_flow = await js.request_verification(plain.user_id, device_id=plain.device_id)
 
     async def incoming() -> Any:
@@ -180,10 +188,7 @@ async def test_sas_in_a_room_started_by_the_peer(
     synapse_proxy: ServedProxy, js_peers: JsPeers, plain_login: PlainLogin, localpart: str
 ) -> None:
     plain, js, ctl, room_id = await setup_pair(synapse_proxy, js_peers, plain_login, localpart)
-    await js.bootstrap_cross_signing()
-    await ctl("cross-signing.bootstrap")
-    await proxy_knows(ctl, js, identity=True)
-    await peer_knows_proxy(js, plain)
+    await both_cross_signed(ctl, js, plain)
     js_flow = await js.request_verification(plain.user_id, room_id=room_id)
 
     async def incoming() -> Any:
@@ -204,18 +209,8 @@ async def test_an_identity_change_of_a_verified_peer_withholds_keys_until_accept
     synapse_proxy: ServedProxy, js_peers: JsPeers, plain_login: PlainLogin, localpart: str
 ) -> None:
     plain, js, ctl, room_id = await setup_pair(synapse_proxy, js_peers, plain_login, localpart)
-    await js.bootstrap_cross_signing()
-    await ctl("cross-signing.bootstrap")
-    await proxy_knows(ctl, js, identity=True)
-    await peer_knows_proxy(js, plain)
-    started = await ctl("verify.start", user_id=js.user_id, device_id=js.device_id)
-
-    async def incoming() -> Any:
-        return next((f for f in await js.verifications() if not f["initiated_by_me"]), None)
-
-    request = await until("the peer sees the request", incoming)
-    await js.accept_verification(request["id"])
-    await _compare_and_confirm(ctl, js, started["id"], request["id"])
+    await both_cross_signed(ctl, js, plain)
+    await proxy_verifies_peer(ctl, js)
 
     await js.bootstrap_cross_signing(reset=True)  # the peer's user resets their identity
 
