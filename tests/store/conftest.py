@@ -194,7 +194,9 @@ async def save_secrets(store: SqliteStore | PostgresStore, data_dir: Path) -> di
     await store.save(ALICE, changes, txns={"txn1": {"body": "meet me at noon"}})
     await store.put_secret(ALICE, "access_token", "syt_YWxpY2U_topsecret")
     igs = changes.inbound_group_sessions[0]
-    session_key = igs.session.export_at(0).to_base64()
+    exported = igs.session.export_at(0)
+    assert exported is not None
+    session_key = exported.to_base64()
     acct = changes.account.account  # type: ignore[union-attr]
     return {
         "access token": b"syt_YWxpY2U_topsecret",
