@@ -81,6 +81,9 @@ class InboundGroupSessionRecord:
     imported: bool
     shared_history: bool
     first_known_index: int
+    # Known to be in the server-side key backup already (restored from it): not queued for
+    # upload. Not stored: the store's backup queue is what says what still needs uploading.
+    backed_up: bool = False
 
 
 @dataclass(slots=True)
@@ -198,6 +201,17 @@ class IdentityRecord:
 
 
 @dataclass(slots=True)
+class BackupRecord:
+    """The server-side key backup we upload to (one per account, key ``()``): its ``version``
+    on the server, its ``auth_data``, and the decryption key (unpadded base64 of the 32 bytes)
+    when we hold it. ``version`` None: no backup in use."""
+
+    version: str | None
+    auth_data: dict[str, Any]
+    private_key: str | None
+
+
+@dataclass(slots=True)
 class Changes:
     """One batch of things to persist, in one transaction.
 
@@ -223,6 +237,7 @@ class Changes:
     requests_removed: list[str] = field(default_factory=list)
     cross_signing: list[CrossSigningRecord] = field(default_factory=list)
     identities: list[IdentityRecord] = field(default_factory=list)
+    backup: list[BackupRecord] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return self.account is None and not any(
@@ -241,6 +256,7 @@ class Changes:
                 self.requests_removed,
                 self.cross_signing,
                 self.identities,
+                self.backup,
             )
         )
 
@@ -267,6 +283,7 @@ class EngineSnapshot:
     replay_entries: list[ReplayRecord] = field(default_factory=list)
     cross_signing: list[CrossSigningRecord] = field(default_factory=list)
     identities: list[IdentityRecord] = field(default_factory=list)
+    backup: list[BackupRecord] = field(default_factory=list)
 
 
 class ChangeLog:
@@ -326,6 +343,9 @@ class ChangeLog:
 
     def identity(self, record: IdentityRecord) -> None:
         self._put("identities", record.user_id, record)
+
+    def backup(self, record: BackupRecord) -> None:
+        self._put("backup", (), record)
 
     def request_added(self, request: OutgoingRequest) -> None:
         self._changes.requests_added.append(request)

@@ -15,6 +15,7 @@ from typing import Any
 import vodozemac
 
 from e2eproxy.crypto.account import AccountState
+from e2eproxy.crypto.backup_service import BackupService
 from e2eproxy.crypto.changes import (
     AccountRecord,
     ChangeLog,
@@ -87,8 +88,10 @@ class OlmMachine:
                                                  self._outbound, self._inbound, self._queue)
         self._key_requests.register(self._router)
         state = TrustState(self._account, self._log)
+        # Server-side key backup: the shell uploads and restores through it.
+        self.backup = BackupService(self._account, self._inbound, state, self._log)
         self._gossip = SecretGossip(self._account, self._devices, self._olm, self._claimer,
-                                    self._queue, state)
+                                    self._queue, state, self.backup)
         self._gossip.register(self._router)
         # Cross-signing, verification and secrets: the facade the control interface drives.
         self.trust = Trust(self._account, self._devices, self._rooms, self._gossip, state,
@@ -137,6 +140,7 @@ class OlmMachine:
         machine._inbound.load(snapshot.inbound_group_sessions, snapshot.replay_entries)
         machine._sync.load_hashes(snapshot.to_device_hashes)
         machine.trust.state.load(snapshot.cross_signing, snapshot.identities)
+        machine.backup.load(snapshot.backup)
         machine._sync.inbound_complete = inbound_complete
         # To-device requests are sent again as they were; the others are made anew from state.
         resent = (RequestKind.TO_DEVICE, RequestKind.ROOM_MESSAGE)

@@ -1,5 +1,5 @@
 """Secrets shared among our own devices (spec "Sharing"): ``m.secret.request`` and
-``m.secret.send`` for the cross-signing private keys.
+``m.secret.send`` for the cross-signing private keys and the key backup's key.
 
 We answer a request only from one of our own devices that we trust as verified, and only over
 Olm; we take a secret only from the verified own device we asked, in answer to our request, and
@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from e2eproxy.crypto.account import AccountState
+from e2eproxy.crypto.backup_service import BACKUP_SECRET, BackupService
 from e2eproxy.crypto.changes import DeviceRecord
 from e2eproxy.crypto.claims import OlmClaimer
 from e2eproxy.crypto.cross_signing import SECRET_NAMES
@@ -33,9 +34,11 @@ MAX_PENDING = 64
 
 class SecretGossip:
     def __init__(self, account: AccountState, devices: DeviceTracker, olm: OlmSessions,
-                 claimer: OlmClaimer, queue: RequestQueue, state: TrustState) -> None:
+                 claimer: OlmClaimer, queue: RequestQueue, state: TrustState,
+                 backup: BackupService) -> None:
         self._account, self._devices, self._olm = account, devices, olm
         self._claimer, self._queue, self._state = claimer, queue, state
+        self._backup = backup
         self._asked: dict[str, tuple[str, DeviceId]] = {}  # request id -> (name, device)
         self._to_answer: dict[DeviceId, list[tuple[str, str]]] = {}  # awaiting an Olm session
 
@@ -52,7 +55,9 @@ class SecretGossip:
                 (own.user_signing, SECRET_NAMES["user_signing"]))
         missing = [name for key, name in held if key is None]
         if self._state.identity(self._account.user_id) is None:
-            return  # nothing to check a secret against
+            missing = []  # nothing to check a cross-signing key against
+        if self._backup.version is not None and self._backup.secret() is None:
+            missing.append(BACKUP_SECRET)  # checked against the backup's public key
         for name in missing:
             request_id = secrets.token_urlsafe(12)
             if len(self._asked) >= MAX_PENDING:
@@ -78,6 +83,12 @@ class SecretGossip:
             logger.warning("a secret from a device we did not ask or do not trust was ignored")
             return
         del self._asked[request_id]
+        if name == BACKUP_SECRET:
+            imported = self._backup.import_key(secret) is not None
+            logger.log(logging.INFO if imported else logging.WARNING,
+                       "the backup key from %s %s", device_id,
+                       "is in use" if imported else "does not match our backup")
+            return
         if self._state.import_secret(name, secret):
             logger.info("received %s from our device %s", name, device_id)
             if name == SECRET_NAMES["self_signing"]:  # now this device can be signed
@@ -103,7 +114,8 @@ class SecretGossip:
         ):
             logger.info("a secret request from an unverified device of ours was ignored")
             return
-        secret = self._state.own.secrets().get(name)
+        secret = (self._backup.secret() if name == BACKUP_SECRET
+                  else self._state.own.secrets().get(name))
         if secret is None:
             return
         self._answer(device, request_id, secret)

@@ -120,6 +120,24 @@ class Store(Protocol):
         """Every stored inbound session, in batches (for key export)."""
         ...
 
+    async def backup_batch(
+        self, account: AccountKey, limit: int
+    ) -> list[InboundGroupSessionRecord]:
+        """Up to ``limit`` stored inbound sessions still to upload to the key backup."""
+        ...
+
+    async def mark_backed_up(
+        self, account: AccountKey, keys: Sequence[tuple[RoomId, SessionId]]
+    ) -> None:
+        """The server has these sessions now: take them off the backup queue."""
+        ...
+
+    async def queue_all_for_backup(self, account: AccountKey) -> int:
+        """Queue every stored inbound session (a new backup version); returns how many."""
+        ...
+
+    async def backup_queue_size(self, account: AccountKey) -> int: ...
+
     async def get_sync_token(self, account: AccountKey, stream: str) -> str | None: ...
 
     async def set_sync_token(self, account: AccountKey, stream: str, token: str) -> None: ...

@@ -13,6 +13,7 @@ import vodozemac
 
 from e2eproxy.crypto.changes import (
     AccountRecord,
+    BackupRecord,
     CrossSigningRecord,
     DeviceRecord,
     IdentityRecord,
@@ -185,6 +186,7 @@ def tracked_from(value: dict[str, Any]) -> TrackedUserRecord:
 # renamed field cannot silently change what is on disk).
 _PLAIN_FIELDS: dict[type, tuple[str, ...]] = {
     CrossSigningRecord: ("master", "self_signing", "user_signing", "uploaded"),
+    BackupRecord: ("version", "auth_data", "private_key"),
     IdentityRecord: ("user_id", "keys", "pinned_master", "verified", "previously_verified"),
     RoomRecord: ("room_id", "encryption", "history_visibility", "members"),
     ReplayRecord: ("room_id", "session_id", "message_index", "event_id", "origin_server_ts"),

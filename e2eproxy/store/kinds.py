@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2eproxy.crypto.changes import (
+    BackupRecord,
     CrossSigningRecord,
     IdentityRecord,
     ReplayRecord,
@@ -89,6 +90,8 @@ CROSS_SIGNING = RecordKind("xsign", "cross_signing", lambda r: (), *_plain(Cross
 IDENTITY = RecordKind("identity", "identities", lambda r: (r.user_id,), *_plain(IdentityRecord),
                       snapshot="identities")
 
+BACKUP = RecordKind("backup", "backup", lambda r: (), *_plain(BackupRecord), snapshot="backup")
+
 KINDS: tuple[RecordKind, ...] = (OLM, INBOUND, OUTBOUND, DEVICE, USER, ROOM, WITHHELD, REPLAY,
-                                 REQUEST, CROSS_SIGNING, IDENTITY)
+                                 REQUEST, CROSS_SIGNING, IDENTITY, BACKUP)
 SNAPSHOT_KINDS = tuple(kind for kind in KINDS if kind.snapshot is not None)

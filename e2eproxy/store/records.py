@@ -21,7 +21,7 @@ from e2eproxy.crypto.changes import (
     ReplayRecord,
 )
 from e2eproxy.crypto.clock import Clock
-from e2eproxy.store import codec, kinds
+from e2eproxy.store import backup_queue, codec, kinds
 from e2eproxy.store import txn as t
 from e2eproxy.store.base import (
     SNAPSHOT_TO_DEVICE_HASHES,
@@ -161,6 +161,24 @@ class RecordStore:
                 return
             position = rows[-1][0]
             yield [kinds.INBOUND.decode(codec.loads(value), key) for _, value in rows]
+
+    async def backup_batch(
+        self, account: AccountKey, limit: int
+    ) -> list[InboundGroupSessionRecord]:
+        values = await self._backend.run(lambda txn: backup_queue.read_batch(txn, account, limit))
+        return backup_queue.decode(values, self._backend.pickle_key)
+
+    async def mark_backed_up(
+        self, account: AccountKey, keys: Sequence[tuple[RoomId, SessionId]]
+    ) -> None:
+        wanted = list(keys)
+        await self._backend.run(lambda txn: backup_queue.remove(txn, account, wanted))
+
+    async def queue_all_for_backup(self, account: AccountKey) -> int:
+        return await self._backend.run(lambda txn: backup_queue.queue_all(txn, account))
+
+    async def backup_queue_size(self, account: AccountKey) -> int:
+        return await self._backend.run(lambda txn: backup_queue.size(txn, account))
 
     async def get_sync_token(self, account: AccountKey, stream: str) -> str | None:
         value = await self._get(account, t.SYNC_TOKEN, (stream,))

@@ -18,6 +18,7 @@ from typing import Any
 
 import vodozemac
 
+from e2eproxy.crypto.backup_service import exported_session
 from e2eproxy.crypto.changes import Changes, InboundGroupSessionRecord
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.errors import StoreError
@@ -48,22 +49,6 @@ async def _accounts_of(store: Store, user_id: str, device_id: str | None) -> lis
     if not accounts:
         raise StoreError(f"the store holds no account for {user_id}")
     return accounts
-
-
-def exported_session(record: InboundGroupSessionRecord) -> dict[str, Any]:
-    """One ``ExportedSessionData`` entry, from the session's first known index."""
-    session_key = record.session.export_at(record.first_known_index)
-    assert session_key is not None  # export_at(first_known_index) always exists
-    return {
-        "algorithm": MEGOLM_ALGORITHM,
-        "room_id": record.room_id,
-        "sender_key": record.sender_key,
-        "session_id": record.session_id,
-        "session_key": session_key.to_base64(),
-        "sender_claimed_keys": {"ed25519": record.signing_key},
-        "forwarding_curve25519_key_chain": [],
-        "m.shared_history": record.shared_history,
-    }
 
 
 async def export_room_keys(

@@ -31,6 +31,8 @@ INBOUND = kinds.INBOUND.row
 REPLAY = kinds.REPLAY.row
 OUTBOUND = kinds.OUTBOUND.row
 REQUEST = kinds.REQUEST.row
+# Inbound sessions still to upload to the server-side key backup (see ``backup_queue``).
+BACKUP_QUEUE = "backupq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,9 @@ def plan_changes(
     for kind in kinds.KINDS:
         for record in getattr(changes, kind.changes):
             ops.append(_upsert(kind, record, pickle_key))
+    # Every new or better inbound session waits for the key backup, unless it came from it.
+    ops.extend(backup_queue_put(r.room_id, r.session_id)
+               for r in changes.inbound_group_sessions if not r.backed_up)
     # Added (in the loop above) before removed: a request can be both within one batch.
     ops.extend(Delete(REQUEST, (request_id,)) for request_id in changes.requests_removed)
     for digest in changes.to_device_hashes:
@@ -133,6 +138,10 @@ def plan_changes(
     for txn_key, response in (txns or {}).items():
         ops.append(Put(TXN, (txn_key,), dumps({"v": response}), ts=now_ms))
     return ops
+
+
+def backup_queue_put(room_id: str, session_id: str) -> Put:
+    return Put(BACKUP_QUEUE, (room_id, session_id), codec.dumps({"r": room_id, "s": session_id}))
 
 
 def _upsert(kind: kinds.RecordKind, record: Any, pickle_key: bytes) -> Op:

@@ -358,7 +358,7 @@ class FoldingStore:
         self.account: Any = None
         self.tables: dict[str, dict[Any, Any]] = {
             name: {} for name in ("olm", "igs", "ogs", "dev", "user", "room", "replay",
-                                  "withheld", "req", "xsign", "identity")
+                                  "withheld", "req", "xsign", "identity", "backup")
         }
         self.hashes: list[str] = []
 
@@ -402,6 +402,8 @@ class FoldingStore:
             t["xsign"][()] = replace(r)
         for r in changes.identities:
             t["identity"][r.user_id] = replace(r, keys=copy.deepcopy(r.keys))
+        for r in changes.backup:
+            t["backup"][()] = replace(r, auth_data=copy.deepcopy(r.auth_data))
 
     def inbound(self, keys: list[Any]) -> tuple[list[Any], list[Any]]:
         records = [_copy_record(self.tables["igs"][k]) for k in keys if k in self.tables["igs"]]
@@ -424,6 +426,7 @@ class FoldingStore:
             replay_entries=list(t["replay"].values()) if with_inbound else [],
             cross_signing=[replace(r) for r in t["xsign"].values()],
             identities=[replace(r, keys=copy.deepcopy(r.keys)) for r in t["identity"].values()],
+            backup=[replace(r) for r in t["backup"].values()],
         )
 
 
