@@ -61,12 +61,7 @@ async def test_bootstrap_makes_the_proxys_device_signed_by_its_owner(
     assert unsigned.shield is not None and unsigned.shield["reason"] == "UNSIGNED_DEVICE"
 
     await ctl("cross-signing.bootstrap")
-
-    async def signed() -> bool:
-        status = await js.verification_status(plain.user_id, plain.device_id)
-        return bool(status["device"] and status["device"]["signed_by_owner"])
-
-    await until("the peer sees the proxy's device signed by its owner", signed)
+    await peer_knows_proxy(js, plain)
     after = await plain.send_text(room_id, "after cross-signing")
     seen = await js.wait_for_text(room_id, after, "after cross-signing")
     assert seen.shield is not None and seen.shield["reason"] != "UNSIGNED_DEVICE", seen.shield
@@ -79,12 +74,7 @@ async def test_a_peer_that_shares_only_with_cross_signed_devices(
     await js.bootstrap_cross_signing()
     await js.set_isolation("only_signed")
     await ctl("cross-signing.bootstrap")
-
-    async def signed() -> bool:
-        status = await js.verification_status(plain.user_id, plain.device_id)
-        return bool(status["device"] and status["device"]["signed_by_owner"])
-
-    await until("the peer sees the proxy's device signed", signed)
+    await peer_knows_proxy(js, plain)
     from_js = await js.send_text(room_id, "only to cross-signed devices")
     await plain_reads(plain, room_id, from_js, "only to cross-signed devices", js)
     from_plain = await plain.send_text(room_id, "and back")
