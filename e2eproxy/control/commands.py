@@ -27,6 +27,7 @@ from typing import Any
 from e2eproxy import __version__
 from e2eproxy.control.handlers import find_account, find_registered
 from e2eproxy.control.protocol import ControlRequest, Handler
+from e2eproxy.control.recovery_commands import recovery_commands
 from e2eproxy.control.trust_commands import trust_commands
 from e2eproxy.proxy.registry import AccountRegistry
 
@@ -60,6 +61,7 @@ def generic_commands(registries: Sequence[AccountRegistry]) -> dict[str, Handler
 COMMAND_GROUPS: tuple[CommandGroup, ...] = (
     generic_commands,
     trust_commands,
+    recovery_commands,
 )
 
 

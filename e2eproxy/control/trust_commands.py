@@ -45,7 +45,8 @@ def trust_commands(registries: Sequence[AccountRegistry]) -> dict[str, Handler]:
 
     async def bootstrap(request: ControlRequest) -> Any:
         upstream, account = target(request)
-        return await _bootstrap(upstream, account, optional_str_arg(request, "password"))
+        return await bootstrap_cross_signing(upstream, account,
+                                             optional_str_arg(request, "password"))
 
     async def devices(request: ControlRequest) -> Any:
         _, account = target(request)
@@ -119,7 +120,8 @@ def trust_commands(registries: Sequence[AccountRegistry]) -> dict[str, Handler]:
 # -- cross-signing ---------------------------------------------------------------------------
 
 
-async def _bootstrap(upstream: Upstream, account: Account, password: str | None) -> Any:
+async def bootstrap_cross_signing(upstream: Upstream, account: Account, password: str | None
+                                  ) -> Any:
     """New cross-signing keys: saved, uploaded (the password only if the server asks), then
     this device signed with them."""
     async with account.step() as step:

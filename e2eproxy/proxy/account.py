@@ -93,6 +93,10 @@ class Account:
     background_poll: asyncio.Future[Any] | None = None
     # Fire-and-forget work (held here so it is not garbage-collected mid-flight).
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Set when room keys may wait for the key backup uploader.
+    backup_work: asyncio.Event = field(default_factory=asyncio.Event)
+    # Run-time state of features that keep some per account (e.g. "backup": restore progress).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.token_valid.set()
@@ -158,6 +162,16 @@ class Account:
             except TimeoutError:
                 return False
             return True
+
+    def wake_backup(self) -> None:
+        self.backup_work.set()
+
+    async def wait_for_backup_work(self, timeout: float) -> None:
+        """Until new room keys may need backing up, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.backup_work.wait()
+        self.backup_work.clear()
 
     def cached_members(self, room_id: str) -> list[str] | None:
         entry = self.members.get(room_id)

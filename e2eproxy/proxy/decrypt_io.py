@@ -13,6 +13,8 @@ from typing import Any
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
 from e2eproxy.protocol.rewrite import Slot
 from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
+from e2eproxy.proxy.backup_io import restore_one
+from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.types import RoomId, SessionId
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 WAITABLE = (FailureReason.MISSING_SESSION, FailureReason.UNKNOWN_MESSAGE_INDEX)
 
 Result = Decrypted | DecryptionFailure
+# Sessions fetched from the key backup for one response at most (each is a request).
+MAX_BACKUP_FETCHES = 20
 
 
 async def _copy_from_siblings(account: Account, missing: list[tuple[RoomId, SessionId]]) -> None:
@@ -69,12 +73,16 @@ async def decrypt_slots(
     slots: list[Slot],
     wait_s: float = 0.0,
     may_wait: Callable[[Slot], bool] = lambda slot: True,
+    upstream: Upstream | None = None,
 ) -> list[Result]:
-    """Decrypt every slot; with `wait_s`, give keys still on their way (for the slots `may_wait`
-    accepts) that long to arrive."""
+    """Decrypt every slot; with `upstream`, a missing key is fetched from the key backup first
+    (when we hold its key); with `wait_s`, keys still on their way (for the slots `may_wait`
+    accepts) get that long to arrive."""
     if not slots:
         return []
     results = await _decrypt_now(account, slots)
+    if upstream is not None:
+        await _from_backup(upstream, account, slots, results)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
@@ -86,6 +94,25 @@ async def decrypt_slots(
             return results
         retried = await _decrypt_now(account, [slots[i] for i in pending])
         for i, result in zip(pending, retried, strict=True):
+            results[i] = result
+
+
+async def _from_backup(upstream: Upstream, account: Account, slots: list[Slot],
+                       results: list[Result]) -> None:
+    """Missing room keys the key backup may hold, fetched before the client is told."""
+    if account.machine.backup.decryption_key is None:
+        return
+    missing: dict[tuple[str, str], list[int]] = {}
+    for i, result in enumerate(results):
+        if (isinstance(result, DecryptionFailure) and result.session_id is not None
+                and result.reason is FailureReason.MISSING_SESSION):
+            missing.setdefault((slots[i].room_id, result.session_id), []).append(i)
+    found = [key for key in list(missing)[:MAX_BACKUP_FETCHES]
+             if await restore_one(upstream, account, *key)]
+    retry = [i for key in found for i in missing[key]]
+    if retry:
+        for i, result in zip(retry, await _decrypt_now(account, [slots[i] for i in retry]),
+                             strict=True):
             results[i] = result
 
 

@@ -32,6 +32,7 @@ async def process_sync(account: Account, body: dict[str, Any], stream: str, *,
     for room_id in membership_changes(body):
         account.members_changed(room_id)
     if result.room_keys:
+        account.wake_backup()
         await account.notify_keys()
     return result
 

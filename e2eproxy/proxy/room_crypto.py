@@ -88,6 +88,7 @@ async def encrypt_for_room(
                 async with account.step() as step:
                     encrypted = step.machine.encrypt(room_id, event_type, content)
                     step.persist(txns={txn_key: {"room_id": room_id, "content": encrypted}})
+                account.wake_backup()  # a new session of ours may wait for the key backup
             except LocalProtocolError:
                 # The session rotated between sharing and encrypting: share the new one.
                 if attempt:

@@ -18,6 +18,7 @@ from e2eproxy.crypto.results import Decrypted
 from e2eproxy.errors import StoreLocked, UpstreamError
 from e2eproxy.protocol.rewrite import sync_slots
 from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.backup_io import upload_loop
 from e2eproxy.proxy.decrypt_io import decrypt_slots
 from e2eproxy.proxy.intake import (
     BACKGROUND_STREAM,
@@ -67,6 +68,7 @@ def start_worker(upstream: Upstream, account: Account) -> None:
         asyncio.create_task(_sync_loop(upstream, account), name=f"sync {name}"),
         asyncio.create_task(_outgoing_loop(upstream, account), name=f"outgoing {name}"),
         asyncio.create_task(_lease_loop(account), name=f"lease {name}"),
+        asyncio.create_task(upload_loop(upstream, account), name=f"backup {name}"),
     ]
     account.wake_outgoing.set()
 

@@ -10,7 +10,7 @@ from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.protocol.rewrite import Slot, undecryptable_notice
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.app_keys import CONFIG, MEDIA
+from e2eproxy.proxy.app_keys import CONFIG, MEDIA, UPSTREAM
 from e2eproxy.proxy.decrypt_io import decrypt_slots
 from e2eproxy.proxy.media import expose_urls, media_of_event
 
@@ -64,7 +64,7 @@ async def decrypt_in_place(
     """Replace every encrypted event in `slots` by its plaintext or by a notice saying why not."""
     encryption = request.app[CONFIG].encryption
     wait_s = encryption.missing_key_wait if wait else 0.0
-    results = await decrypt_slots(account, slots, wait_s, _recent)
+    results = await decrypt_slots(account, slots, wait_s, _recent, request.app[UPSTREAM])
     media = request.app[MEDIA].of(account)
     for slot, result in zip(slots, results, strict=True):
         if isinstance(result, DecryptionFailure):
