@@ -22,6 +22,7 @@ from e2eproxy.control.client import call
 from e2eproxy.control.protocol import ControlError, socket_path
 from e2eproxy.control.verify_flow import VerifyTarget, verify_interactively
 from e2eproxy.errors import E2EProxyError
+from e2eproxy.recovery_cli import add_recovery_parser, run_recovery
 
 TRUST_LEVELS = ("verified", "blacklisted", "ignored", "unset")
 # `ctl verify ACTION ...`; with no action word, `ctl verify @user` is "interactive".
@@ -30,7 +31,8 @@ VERIFY_ACTIONS = (
 )
 # Options of `ctl` that take a value (normalize_ctl_argv must skip it).
 VALUE_OPTIONS = frozenset(
-    {"--data-dir", "--config", "--user", "--device", "--password-file", "--room"}
+    {"--data-dir", "--config", "--user", "--device", "--password-file", "--room",
+     "--recovery-key-file", "--passphrase-file"}
 )
 PASSWORD_REQUIRED = "password_required"
 
@@ -97,6 +99,7 @@ def add_ctl_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     trust.add_argument("--accept-identity-change", action="store_true",
                        help="accept @USER's new cross-signing identity")
     _add_verify_parser(actions, common)
+    add_recovery_parser(actions, common)
 
 
 def _add_verify_parser(
@@ -170,6 +173,10 @@ def run_ctl(args: argparse.Namespace) -> int:
             return _verify(args, path)
         if args.ctl_action == "cross-signing" and args.cross_action == "bootstrap":
             return _bootstrap(args, path)
+        if args.ctl_action == "recovery":
+            need_user(args)
+            return run_recovery(args, lambda cmd, call_args: control(path, args, cmd, call_args),
+                                lambda result, human: show(args, result, human))
         return _simple(args, path)
     except E2EProxyError as exc:
         print_error(args, exc)
