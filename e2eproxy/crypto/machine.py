@@ -29,6 +29,7 @@ from e2eproxy.crypto.claims import OlmClaimer
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.decrypt import RoomDecryptor, Withheld, bundled_events, megolm_session_id
 from e2eproxy.crypto.devices import DeviceTracker
+from e2eproxy.crypto.key_requester import KeyRequester
 from e2eproxy.crypto.key_requests import KeyRequestResponder
 from e2eproxy.crypto.key_share import KeySharer
 from e2eproxy.crypto.megolm_in import DEFAULT_CACHE_SIZE, InboundSessions
@@ -99,6 +100,11 @@ class OlmMachine:
         self.trust.register(self._router)
         self._sharer.trust = state
         self._decryptor.trust = state
+        self._key_requests.trust, self._key_requests.claimer = state, self._claimer
+        # Room keys we lack, asked of our own verified devices (their answers kept as imported).
+        self._requester = KeyRequester(self._account, self._devices, self._inbound, self._queue,
+                                       state)
+        self._requester.register(self._router)
         # What an answer (or a failure) of each kind of request does to the state.
         self._on_sent: dict[RequestKind, Callable[[str, Any], None]] = {
             RequestKind.KEYS_UPLOAD: self._upload_sent,
@@ -225,6 +231,7 @@ class OlmMachine:
                                     replay_entries: Iterable[ReplayRecord] = ()) -> None:
         """Accept sessions (and their replay entries) loaded from the store."""
         self._inbound.load(records, replay_entries)
+        self._key_requests.answer_waiting()  # SyncResult.sessions_to_load: they are here now
 
     def missing_inbound_group_sessions(self, keys: Iterable[tuple[RoomId, SessionId]]
                                        ) -> list[tuple[RoomId, SessionId]]:
@@ -252,6 +259,11 @@ class OlmMachine:
         except Exception:  # a bug must not take the whole sync down with it
             logger.exception("unexpected error while decrypting a room event")
             return DecryptionFailure(FailureReason.MALFORMED, "internal error")
+
+    def request_room_key(self, room_id: str, event: Any) -> bool:
+        """Ask our own verified devices for the room key of ``event`` (undecryptable for want
+        of it); once per session until a key comes. True when a request was queued."""
+        return self._requester.request(RoomId(room_id), event)
 
     # -- encryption ----------------------------------------------------------------------
     def share_room_key(self, room_id: str, members: Iterable[str]) -> list[OutgoingRequest]:
@@ -357,6 +369,7 @@ class OlmMachine:
 
     def _after_new_session(self, device: DeviceRecord) -> None:
         self._gossip.new_session(device)
+        self._key_requests.new_session(device)
         key = (device.user_id, device.device_id)
         if key not in self._claimer.wedged:
             return

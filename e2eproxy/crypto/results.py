@@ -80,9 +80,13 @@ class ToDeviceFailure:
 @dataclass(slots=True)
 class SyncResult:
     """What ``receive_sync`` hands back to the shell: the room keys and withheld notices that
-    arrived (decryption may change now), and the to-device events that were dropped and why.
+    arrived (decryption may change now), the to-device events that were dropped and why, and
+    the sessions the store should load for the engine.
     Every to-device event is consumed in the engine by the handler of its type."""
 
     room_keys: list[RoomKeyInfo] = field(default_factory=list)
     withheld: list[tuple[RoomId, SessionId, str]] = field(default_factory=list)
     failures: list[ToDeviceFailure] = field(default_factory=list)
+    # Inbound sessions our own devices asked for that the engine does not hold in memory: load
+    # them from the store in the same step (``load_inbound_group_sessions``) to answer.
+    sessions_to_load: list[tuple[RoomId, SessionId]] = field(default_factory=list)

@@ -7,7 +7,7 @@ from typing import Any
 
 import vodozemac
 
-from e2eproxy.crypto.to_device import ToDeviceEvent
+from e2eproxy.crypto.olm import OlmDecrypted
 from e2eproxy.protocol.api import RequestKind
 from tests.support.machine_pair import Client, make_room
 
@@ -51,12 +51,11 @@ def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None
     assert list(answer.body["messages"][bob.user_id]) == [bob.device_id]
     alice.answer(answer)
 
-    forwarded = _capture_forwarded(bob)
-    bob.sync()
-    [event] = forwarded
+    [event] = _forwarded_to(bob)
     content = event.content
-    assert event.sender.user_id == alice.user_id
-    assert event.sender.device is not None and event.sender.device.device_id == alice.device_id
+    assert event.sender == alice.user_id
+    assert event.sender_key == alice.machine.identity_keys["curve25519"]
+    assert event.sender_ed25519 == alice.machine.identity_keys["ed25519"]
     assert (content["room_id"], content["session_id"]) == (ROOM, session_id)
     assert content["sender_claimed_ed25519_key"] == alice.machine.identity_keys["ed25519"]
     session = vodozemac.InboundGroupSession.import_session(
@@ -68,13 +67,17 @@ def test_a_device_that_had_the_key_gets_it_again_from_the_index_it_had() -> None
         assert b'"body":"' + body.encode() in session.decrypt(message).plaintext
 
 
-def _capture_forwarded(client: Client) -> list[ToDeviceEvent]:
-    """What reaches a handler of m.forwarded_room_key (the engine keeps none of them yet)."""
-    got: list[ToDeviceEvent] = []
-    client.machine.register_to_device_handler(
-        "m.forwarded_room_key", lambda event, _result: got.append(event), plaintext=False
-    )
-    return got
+def _forwarded_to(client: Client) -> list[OlmDecrypted]:
+    """The m.forwarded_room_key events waiting for `client`, Olm-decrypted with its sessions
+    (its engine refuses them: they come from another user; here we look at what was sent)."""
+    found = []
+    for event in client.server.inbox.pop(client.key, []):
+        assert event["type"] == "m.room.encrypted", event["type"]
+        decrypted = client.machine._olm.decrypt(event)
+        assert isinstance(decrypted, OlmDecrypted), decrypted
+        if decrypted.event_type == "m.forwarded_room_key":
+            found.append(decrypted)
+    return found
 
 
 def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None:
@@ -88,9 +91,7 @@ def test_a_late_joiner_cannot_reach_earlier_messages_through_a_request() -> None
     later = alice.send(ROOM, "after carol")
     [answer] = _answers(alice, _request(carol, later["content"]["session_id"]))
     alice.answer(answer)
-    forwarded = _capture_forwarded(carol)
-    carol.sync()
-    [event] = forwarded
+    [event] = _forwarded_to(carol)
     session = vodozemac.InboundGroupSession.import_session(
         vodozemac.ExportedSessionKey(event.content["session_key"])
     )
