@@ -74,6 +74,9 @@ class ServerConfig:
     max_accounts: int = DEFAULT_MAX_ACCOUNTS
     # Who gets room keys on this server, if not encryption.share_strategy.
     share_strategy: str | None = None
+    # A file with the recovery key (or "credential:NAME", a systemd credential) used on every
+    # new login through this listener: bots get their keys and history back by themselves.
+    recovery_key_file: str | None = None
 
     @property
     def advertised_url(self) -> str:
@@ -232,6 +235,7 @@ def _server(name: str, data: Any, source: str) -> ServerConfig:
         max_accounts=table.positive_int("max_accounts", DEFAULT_MAX_ACCOUNTS),
         share_strategy=(table.choice("share_strategy", SHARE_STRATEGIES, "all")
                         if "share_strategy" in table.data else None),
+        recovery_key_file=table.get("recovery_key_file", str, None),
     )
     table.finish()
     return server

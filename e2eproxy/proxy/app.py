@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.settings import SharingStrategy
+from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import CONFIG, HOST_NAMES, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
 from e2eproxy.proxy.middleware import (
@@ -18,6 +22,7 @@ from e2eproxy.proxy.middleware import (
     request_log_middleware,
     target_guard_middleware,
 )
+from e2eproxy.proxy.recovery import recover_quietly
 from e2eproxy.proxy.registry import AccountRegistry
 from e2eproxy.proxy.routes import add_routes
 from e2eproxy.proxy.targets import allowed_host_names
@@ -25,11 +30,40 @@ from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.store import Store, open_store
 from e2eproxy.timing import SystemTimer, Timer
 
+log = logging.getLogger(__name__)
 STRATEGIES = {
     "all": SharingStrategy.ALL_EXCEPT_BLACKLISTED,
     "cross-signed": SharingStrategy.CROSS_SIGNED,
     "verified": SharingStrategy.ONLY_VERIFIED,
 }
+
+
+def automatic_recovery(server: ServerConfig, upstream: Upstream
+                       ) -> Callable[[Account], None] | None:
+    """For ``recovery_key_file``: every new device recovers (keys, signature, history)."""
+    source = server.recovery_key_file
+    if source is None:
+        return None
+
+    def recover(account: Account) -> None:
+        try:
+            key = read_recovery_key(source)
+        except OSError as exc:
+            log.warning("recovery_key_file of %s cannot be read: %s", server.name, exc.strerror)
+            return
+        account.in_background(recover_quietly(upstream, account, key))
+
+    return recover
+
+
+def read_recovery_key(source: str) -> str:
+    """The file's text, or a systemd credential's for ``credential:NAME``."""
+    if source.startswith("credential:"):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        path = Path(directory) / source.removeprefix("credential:")
+    else:
+        path = Path(source)
+    return path.read_text().strip()
 
 
 def create_app(
@@ -76,6 +110,7 @@ def create_app(
             STRATEGIES[server.share_strategy or config.encryption.share_strategy],
             server_name=server.server_name,
             max_accounts=server.max_accounts,
+            on_new_account=automatic_recovery(server, upstream),
         )
         app[REGISTRY] = registry
         spool = MediaSpool(config.store.data_dir / "media")

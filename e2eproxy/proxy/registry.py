@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -79,6 +80,7 @@ class AccountRegistry:
         *,
         server_name: str | None = None,
         max_accounts: int = DEFAULT_MAX_ACCOUNTS,
+        on_new_account: Callable[[Account], None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.homeserver = str(upstream.base_url)
@@ -90,6 +92,9 @@ class AccountRegistry:
         self.server_name = server_name
         # An open-registration homeserver must not make the proxy create keys without end.
         self.max_accounts = max_accounts
+        # Called for a device the proxy has just created keys for (a new login): a bot's
+        # automatic recovery, for one.
+        self.on_new_account = on_new_account
         self.accounts: dict[AccountKey, Account] = {}
         self.tokens: dict[str, TokenInfo] = {}
         self._attach_lock = asyncio.Lock()
@@ -160,6 +165,8 @@ class AccountRegistry:
         machine.set_sharing_strategy(self.strategy)
         self.accounts[key] = account
         start_worker(self.upstream, account)
+        if self.on_new_account is not None:
+            self.on_new_account(account)
         return account
 
     def _of_this_server(self, user_id: str) -> bool:

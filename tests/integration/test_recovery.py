@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -180,3 +181,27 @@ async def test_no_secret_reaches_the_server_or_the_log_in_the_clear(
 @pytest.fixture(autouse=True)
 def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+
+
+async def test_a_bot_that_logs_in_afresh_recovers_by_itself(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+    enabled: tuple[Ctl, PlainClient, str, str], tmp_path: Path,
+) -> None:
+    _ctl, _alice, room_id, recovery_key = enabled
+    key_file = tmp_path / "bot-recovery-key"
+    key_file.write_text(recovery_key + "\n")
+    fresh = await start_e2ee_proxy(store=MemoryStore(), recovery_key_file=str(key_file))
+    bot = PlainClient(session, fresh.url)
+    await bot.login("alice")  # no ctl command: the new login recovers on its own
+
+    async def history() -> Any:
+        bodies = await history_bodies(bot, room_id)
+        return bodies if bodies == ["one", "two", "three"] else None
+
+    await until("the history readable", history)
+    ctl = Ctl(fresh, bot.user_id)
+
+    async def signed() -> Any:
+        return (await ctl("cross-signing.status"))["device_signed"]
+
+    await until("the bot's new device signed", signed)
