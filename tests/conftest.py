@@ -9,7 +9,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,35 +91,53 @@ class ServedProxy:
     app: web.Application
 
 
+StartSynapseProxy = Callable[[str], Awaitable[ServedProxy]]
+
+
 @pytest.fixture
-async def synapse_proxy(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[ServedProxy]:
-    """The e2eproxy app for `synapse`, served on 127.0.0.1."""
+async def start_synapse_proxy(
+    synapse: SynapseServer, tmp_path: Path
+) -> AsyncIterator[StartSynapseProxy]:
+    """`await start_synapse_proxy("name")`: an e2eproxy app for `synapse` on 127.0.0.1 with a
+    data dir of its own (`tmp_path/name`: a second one is a wiped or another machine's proxy)."""
     from e2eproxy.config import Config, ServerConfig, StoreConfig, parse_listen
     from e2eproxy.proxy.app import create_app
 
-    # Bind first, so the port the config advertises is the one served, with no race in between.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = ServerConfig(
-        name="test",
-        homeserver=synapse.base_url,
-        listen=parse_listen(f"127.0.0.1:{port}", "listen"),
-        public_url=None,
-    )
-    # A store of its own per test, unlocked by a key file (never the developer's keyring).
-    store = StoreConfig(data_dir=tmp_path / "proxy-data", use_keyring=False)
-    config = Config(servers=(server,), store=store)
-    app = create_app(server, config)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
+    runners: list[tuple[web.AppRunner, socket.socket]] = []
+
+    async def start(name: str) -> ServedProxy:
+        # Bind first, so the port the config advertises is the one served, with no race.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = ServerConfig(
+            name="test",
+            homeserver=synapse.base_url,
+            listen=parse_listen(f"127.0.0.1:{port}", "listen"),
+            public_url=None,
+        )
+        # A store of its own, unlocked by a key file (never the developer's keyring).
+        store = StoreConfig(data_dir=tmp_path / name, use_keyring=False)
+        app = create_app(server, Config(servers=(server,), store=store))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append((runner, sock))
         await web.SockSite(runner, sock).start()
-        yield ServedProxy(f"http://127.0.0.1:{port}", app)
+        return ServedProxy(f"http://127.0.0.1:{port}", app)
+
+    try:
+        yield start
     finally:
-        await runner.cleanup()
-        sock.close()
+        for runner, sock in reversed(runners):
+            await runner.cleanup()
+            sock.close()
+
+
+@pytest.fixture
+async def synapse_proxy(start_synapse_proxy: StartSynapseProxy) -> ServedProxy:
+    """The e2eproxy app for `synapse`, served on 127.0.0.1."""
+    return await start_synapse_proxy("proxy-data")
 
 
 @pytest.fixture

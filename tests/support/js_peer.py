@@ -245,6 +245,22 @@ class JsPeer:
         await self.call("confirm_sas", id=flow_id, match=match)
 
 
+    # -- secret storage and key backup --------------------------------------------------------
+
+    async def setup_recovery(self, passphrase: str | None = None) -> dict[str, Any]:
+        """Element's "set up recovery": cross-signing, secret storage, a key backup. Returns
+        the recovery key and the backup version."""
+        return dict(await self.call("setup_recovery", passphrase=passphrase))
+
+    async def restore_from_backup(self, recovery_key: str) -> dict[str, Any]:
+        """Open secret storage with the recovery key, take the backup key, restore it all."""
+        return dict(await self.call("restore_from_backup", recovery_key=recovery_key,
+                                    timeout=90))
+
+    async def redecrypt(self, room_id: str) -> None:
+        await self.call("redecrypt", room_id=room_id)
+
+
 # -- a plain client behind the proxy, beside a js peer ------------------------------------------
 # What the proxy adds to a decrypted event's unsigned section.
 ENCRYPTION_INFO = "org.e2eproxy.encryption"

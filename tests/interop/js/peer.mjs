@@ -18,6 +18,7 @@ import {
 import {
     AllDevicesIsolationMode,
     CryptoEvent,
+    decodeRecoveryKey,
     EventShieldColour,
     EventShieldReason,
     OnlySignedDevicesIsolationMode,
@@ -36,6 +37,9 @@ let client = null;
 let password = null; // this device's user's password, for user-interactive auth
 const seen = new Map(); // event id -> MatrixEvent, every timeline event of every room
 const verifications = new Map(); // flow id (transaction or request event id) -> entry
+// The secret storage key, as the app's getSecretStorageKey callback gives it (Element asks
+// its user; here the test sets it, or it is cached when bootstrap makes one).
+const secretStorage = { keyId: null, key: null };
 
 function need(condition, message) {
     if (!condition) throw new Error(message);
@@ -96,6 +100,16 @@ async function login({ base_url, user, password: args_password, device_name }) {
         accessToken: answer.access_token,
         userId: answer.user_id,
         deviceId: answer.device_id,
+        cryptoCallbacks: {
+            getSecretStorageKey: async ({ keys }) => {
+                const keyId = secretStorage.keyId ?? Object.keys(keys)[0];
+                return secretStorage.key ? [keyId, secretStorage.key] : null;
+            },
+            cacheSecretStorageKey: (keyId, _info, key) => {
+                secretStorage.keyId = keyId;
+                secretStorage.key = key;
+            },
+        },
     });
     await client.initRustCrypto({ useIndexedDB: false });
     password = args_password;
@@ -273,6 +287,48 @@ async function verificationStatus({ user_id, device_id }) {
     return result;
 }
 
+// -- secret storage and key backup -----------------------------------------------------------
+
+async function setupRecovery({ passphrase }) {
+    // As Element's "Set up recovery": cross-signing, secret storage with a new key, a backup.
+    const crypto = client.getCrypto();
+    await bootstrapCrossSigning({ reset: false });
+    const generated = await crypto.createRecoveryKeyFromPassphrase(passphrase || undefined);
+    await crypto.bootstrapSecretStorage({
+        createSecretStorageKey: async () => generated,
+        setupNewSecretStorage: true,
+        setupNewKeyBackup: true,
+    });
+    await crypto.checkKeyBackupAndEnable();
+    return {
+        recovery_key: generated.encodedPrivateKey,
+        backup_version: await crypto.getActiveSessionBackupVersion(),
+    };
+}
+
+async function restoreFromBackup({ recovery_key }) {
+    // As Element's "Verify with recovery key", then "restore from backup".
+    const crypto = client.getCrypto();
+    secretStorage.keyId = null;
+    secretStorage.key = decodeRecoveryKey(recovery_key);
+    await crypto.loadSessionBackupPrivateKeyFromSecretStorage();
+    await crypto.checkKeyBackupAndEnable();
+    const result = await crypto.restoreKeyBackup();
+    return { total: result.total, imported: result.imported };
+}
+
+async function redecrypt({ room_id }) {
+    // After keys arrive from a backup, Element retries the events it could not decrypt.
+    const room = client.getRoom(room_id);
+    const events = room ? room.getLiveTimeline().getEvents() : [];
+    for (const event of events) {
+        if (event.isDecryptionFailure()) {
+            await event.attemptDecryption(client.getCrypto(), { isRetry: true });
+        }
+    }
+    return {};
+}
+
 // -- verification ----------------------------------------------------------------------------
 
 function track(request) {
@@ -399,6 +455,9 @@ const COMMANDS = {
     start_sas: startSas,
     wait_sas: waitSas,
     confirm_sas: confirmSas,
+    setup_recovery: setupRecovery,
+    restore_from_backup: restoreFromBackup,
+    redecrypt,
     shutdown,
 };
 
