@@ -116,6 +116,18 @@ async def _from_backup(upstream: Upstream, account: Account, slots: list[Slot],
             results[i] = result
 
 
+async def ask_own_devices(account: Account, slots: list[Slot], results: list[Result]) -> None:
+    """Keys still missing (not withheld) after the wait: ask our verified devices for them
+    (the engine asks once per session)."""
+    missing = [slot for slot, result in zip(slots, results, strict=True)
+               if isinstance(result, DecryptionFailure) and result.withheld_code is None
+               and result.reason is FailureReason.MISSING_SESSION]
+    if missing:
+        async with account.step(wake=True) as step:
+            for slot in missing:
+                step.machine.request_room_key(slot.room_id, slot.event)
+
+
 def _waitable(result: Result) -> bool:
     return (
         isinstance(result, DecryptionFailure)

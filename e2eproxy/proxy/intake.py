@@ -25,6 +25,10 @@ async def process_sync(account: Account, body: dict[str, Any], stream: str, *,
     token = body.get("next_batch")
     async with account.step(wake=True) as step:
         result = step.machine.receive_sync(body)
+        if result.sessions_to_load:  # our verified devices asked for them: answered on load
+            records, replays = await account.store.load_inbound_group_sessions(
+                account.key, result.sessions_to_load)
+            step.machine.load_inbound_group_sessions(records, replays)
         if initial:
             step.machine.mark_all_tracked_users_dirty()
         if isinstance(token, str):

@@ -11,7 +11,7 @@ from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.protocol.rewrite import Slot, undecryptable_notice
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import CONFIG, MEDIA, UPSTREAM
-from e2eproxy.proxy.decrypt_io import decrypt_slots
+from e2eproxy.proxy.decrypt_io import ask_own_devices, decrypt_slots
 from e2eproxy.proxy.media import expose_urls, media_of_event
 
 # Where a decrypted event tells the client who encrypted it (as rust-sdk's EncryptionInfo).
@@ -65,6 +65,7 @@ async def decrypt_in_place(
     encryption = request.app[CONFIG].encryption
     wait_s = encryption.missing_key_wait if wait else 0.0
     results = await decrypt_slots(account, slots, wait_s, _recent, request.app[UPSTREAM])
+    await ask_own_devices(account, slots, results)
     media = request.app[MEDIA].of(account)
     for slot, result in zip(slots, results, strict=True):
         if isinstance(result, DecryptionFailure):
