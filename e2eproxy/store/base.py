@@ -40,6 +40,8 @@ class Lease:
     generation: int
     expires_ms: int
     reload: bool
+    # Another instance is waiting for this account: hand it over (stop, then release).
+    wanted: bool = False
 
 
 class Store(Protocol):
@@ -156,6 +158,12 @@ class Store(Protocol):
 
     async def acquire_lease(self, account: AccountKey, *, wait_ms: int = 0) -> Lease:
         """Take the account's lease, waiting up to ``wait_ms`` for a live holder to go."""
+        ...
+
+    async def renew_leases(self, accounts: Sequence[AccountKey]
+                           ) -> dict[AccountKey, Lease | None]:
+        """Extend every held lease of ``accounts`` in one transaction; None for a lost one
+        (taken over, even if given back since: never taken back)."""
         ...
 
     async def renew_lease(self, account: AccountKey) -> Lease:

@@ -9,6 +9,7 @@ Releasing keeps the holder and sets the expiry to 0: the same holder re-taking i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -31,24 +32,48 @@ MAX_BACKOFF_MS = 1_000
 
 
 def take(txn: Txn, account: AccountKey, holder: str, now_ms: int, lease_ms: int) -> LeaseRow:
-    """Take or extend the lease if possible; returns the row as it now stands (maybe another's)."""
+    """Take or extend the lease if possible; returns the row as it now stands (maybe another's,
+    then marked as wanted by ``holder``, so its holder hands it over at its next renewal)."""
     row = txn.lease_get(account)
     if row is None:
         new = LeaseRow(holder, now_ms + lease_ms, 1)
     elif row.holder == holder:
-        new = LeaseRow(holder, now_ms + lease_ms, row.generation)
+        new = LeaseRow(holder, now_ms + lease_ms, row.generation, row.wanted_by)
     elif row.expires_ms <= now_ms:
         new = LeaseRow(holder, now_ms + lease_ms, row.generation + 1)
     else:
+        if row.wanted_by != holder:
+            row = dataclasses.replace(row, wanted_by=holder)
+            txn.lease_put(account, row)
         return row
     txn.lease_put(account, new)
     return new
 
 
+def extend(txn: Txn, account: AccountKey, held: LeaseRow, now_ms: int, lease_ms: int
+           ) -> LeaseRow | None:
+    """Extend the lease we hold, if it is still the one we took (same holder, same
+    generation); None when it was lost: taken over, even if given back since. Never takes it
+    back: the state it would guard may have moved on elsewhere."""
+    row = txn.lease_get(account)
+    if row is None or row.holder != held.holder or row.generation != held.generation:
+        return None
+    new = LeaseRow(held.holder, now_ms + lease_ms, row.generation, row.wanted_by)
+    txn.lease_put(account, new)
+    return new
+
+
+def unwant(txn: Txn, account: AccountKey, holder: str) -> None:
+    """We stopped waiting for the account: the holder need not hand it over."""
+    row = txn.lease_get(account)
+    if row is not None and row.wanted_by == holder:
+        txn.lease_put(account, dataclasses.replace(row, wanted_by=None))
+
+
 def give_back(txn: Txn, account: AccountKey, holder: str) -> None:
     row = txn.lease_get(account)
     if row is not None and row.holder == holder:
-        txn.lease_put(account, LeaseRow(holder, 0, row.generation))
+        txn.lease_put(account, LeaseRow(holder, 0, row.generation, row.wanted_by))
 
 
 class LeaseKeeper:
@@ -87,7 +112,8 @@ class LeaseKeeper:
         self._held[account] = row
         self._seen[account] = row.generation
         reload = previous is not None and previous != row.generation
-        return Lease(row.holder, row.generation, row.expires_ms, reload)
+        wanted = row.wanted_by is not None and row.wanted_by != self.holder
+        return Lease(row.holder, row.generation, row.expires_ms, reload, wanted)
 
     async def acquire(self, account: AccountKey, wait_ms: int) -> Lease:
         deadline = self._clock.now_ms() + wait_ms
@@ -98,6 +124,7 @@ class LeaseKeeper:
                 return self._granted(account, row)
             remaining = deadline - self._clock.now_ms()
             if remaining <= 0:
+                await self._run(lambda txn: unwant(txn, account, self.holder))
                 left_s = max(0, row.expires_ms - self._clock.now_ms()) / 1000
                 raise StoreLocked(
                     f"{account.user_id}/{account.device_id} is in use by another e2eproxy "
@@ -107,16 +134,29 @@ class LeaseKeeper:
             backoff = min(backoff * 2, MAX_BACKOFF_MS)
 
     async def renew(self, account: AccountKey) -> Lease:
-        held = self._held.get(account)
-        if held is None:
-            raise StoreLocked(f"no lease held on {account.user_id}/{account.device_id}")
-        row = await self._try(account)
-        if row.holder != self.holder:
-            self._held.pop(account, None)
+        lease = (await self.renew_many([account]))[account]
+        if lease is None:
             raise StoreLocked(
-                f"lost the lease on {account.user_id}/{account.device_id} to {row.holder}"
+                f"lost the lease on {account.user_id}/{account.device_id} to another process"
             )
-        return self._granted(account, row)
+        return lease
+
+    async def renew_many(self, accounts: list[AccountKey]) -> dict[AccountKey, Lease | None]:
+        """Extend every held lease of ``accounts`` in one transaction; None for a lost one."""
+        held = {a: self._held[a] for a in accounts if a in self._held}
+        now = self._clock.now_ms()
+
+        def renew_all(txn: Txn) -> dict[AccountKey, LeaseRow | None]:
+            return {a: extend(txn, a, row, now, self._lease_ms) for a, row in held.items()}
+
+        rows = await self._run(renew_all) if held else {}
+        result: dict[AccountKey, Lease | None] = {a: None for a in accounts}
+        for account, row in rows.items():
+            if row is None:
+                self._held.pop(account, None)
+            else:
+                result[account] = self._granted(account, row)
+        return result
 
     async def release(self, account: AccountKey) -> None:
         if self._held.pop(account, None) is not None:

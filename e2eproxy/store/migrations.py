@@ -10,7 +10,8 @@ Schema (v1). Ids never appear in the clear: ``key``/``grp``/``lookup`` are keyed
 * ``accounts(id, lookup, ident)``: one row per (user, device); ``ident`` holds the ids.
 * ``records(acct, kind, key, grp, rank, ts, value)``: every engine record, sync token, txn entry
   and secret (see ``e2eproxy.store.txn``).
-* ``leases(lookup, holder, expires_ms, generation)``: the cross-process lease per account.
+* ``leases(lookup, holder, expires_ms, generation, wanted_by)``: the cross-process lease per
+  account (``wanted_by``, v3: another instance waiting for it).
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ def _v2_prune_index(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX records_ts ON records (acct, kind, ts)")
 
 
+def _v3_lease_handover(conn: sqlite3.Connection) -> None:
+    # Another instance asks for an account: the holder hands it over at its next renewal.
+    conn.execute("ALTER TABLE leases ADD COLUMN wanted_by TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     ("initial schema", _v1_initial),
     ("index for pruning by age", _v2_prune_index),
+    ("lease handover", _v3_lease_handover),
 ]
 
 

@@ -46,8 +46,14 @@ def _v1_initial(conn: Conn) -> None:
     )
 
 
+def _v2_lease_handover(conn: Conn) -> None:
+    # Another instance asks for an account: the holder hands it over at its next renewal.
+    conn.execute("ALTER TABLE leases ADD COLUMN wanted_by TEXT")
+
+
 MIGRATIONS: list[PgMigration] = [
     ("initial schema", _v1_initial),
+    ("lease handover", _v2_lease_handover),
 ]
 
 

@@ -68,9 +68,11 @@ class PostgresTxn(SqlTxn):
     POSITION = "pos"
     LEASE_LOCK = " FOR UPDATE"
     LEASE_UPSERT = (
-        "INSERT INTO leases (lookup, holder, expires_ms, generation) VALUES (?, ?, ?, ?)"
+        "INSERT INTO leases (lookup, holder, expires_ms, generation, wanted_by)"
+        " VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (lookup) DO UPDATE SET holder = excluded.holder,"
-        " expires_ms = excluded.expires_ms, generation = excluded.generation"
+        " expires_ms = excluded.expires_ms, generation = excluded.generation,"
+        " wanted_by = excluded.wanted_by"
     )
 
     def __init__(self, conn: Conn, keys: StoreKeys) -> None:

@@ -221,6 +221,10 @@ class RecordStore:
     async def renew_lease(self, account: AccountKey) -> Lease:
         return await self._leases.renew(account)
 
+    async def renew_leases(self, accounts: Sequence[AccountKey]
+                           ) -> dict[AccountKey, Lease | None]:
+        return await self._leases.renew_many(list(accounts))
+
     async def release_lease(self, account: AccountKey) -> None:
         await self._leases.release(account)
 

@@ -35,7 +35,8 @@ class SqlTxn(ABC):
     # Appended to the lease read: a backend with row locks takes the row here.
     LEASE_LOCK = ""
     LEASE_UPSERT = (
-        "INSERT OR REPLACE INTO leases (lookup, holder, expires_ms, generation) VALUES (?, ?, ?, ?)"
+        "INSERT OR REPLACE INTO leases (lookup, holder, expires_ms, generation, wanted_by)"
+        " VALUES (?, ?, ?, ?, ?)"
     )
 
     def __init__(self, keys: StoreKeys) -> None:
@@ -149,17 +150,19 @@ class SqlTxn(ABC):
 
     def lease_get(self, account: AccountKey) -> LeaseRow | None:
         row = self._one(
-            "SELECT holder, expires_ms, generation FROM leases WHERE lookup = ?" + self.LEASE_LOCK,
+            "SELECT holder, expires_ms, generation, wanted_by FROM leases WHERE lookup = ?"
+            + self.LEASE_LOCK,
             (self._lease_lookup(account),),
         )
-        return None if row is None else LeaseRow(row[0], row[1], row[2])
+        return None if row is None else LeaseRow(row[0], row[1], row[2], row[3])
 
     def lease_put(self, account: AccountKey, row: LeaseRow | None) -> None:
         lookup = self._lease_lookup(account)
         if row is None:
             self._exec("DELETE FROM leases WHERE lookup = ?", (lookup,))
             return
-        self._exec(self.LEASE_UPSERT, (lookup, row.holder, row.expires_ms, row.generation))
+        self._exec(self.LEASE_UPSERT,
+                   (lookup, row.holder, row.expires_ms, row.generation, row.wanted_by))
 
 
 @dataclass(frozen=True)

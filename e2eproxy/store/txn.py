@@ -70,6 +70,9 @@ class LeaseRow:
     holder: str
     expires_ms: int
     generation: int
+    # Another instance that wants the account (a request for it reached that instance): the
+    # holder hands it over at its next renewal.
+    wanted_by: str | None = None
 
 
 class Txn(Protocol):
