@@ -8,6 +8,7 @@ keys"): the proxy never makes a second one. A token it has not seen is resolved 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.errors import HomeserverFailed, MatrixError, StoreLocked, UpstreamError
 from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
+from e2eproxy.proxy.lease_keeper import keep_leases
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.proxy.worker import start_worker, stop_worker
 from e2eproxy.store import LEASE_MS, AccountKey, Store
@@ -98,6 +100,7 @@ class AccountRegistry:
         self.accounts: dict[AccountKey, Account] = {}
         self.tokens: dict[str, TokenInfo] = {}
         self._attach_lock = asyncio.Lock()
+        self._lease_task: asyncio.Task[None] | None = None
 
     # -- start and stop ------------------------------------------------------------------
     async def load_stored(self) -> None:
@@ -111,6 +114,8 @@ class AccountRegistry:
                 restores.append(self._restore_at_start(key, token))
         # In parallel: after a crash each lease may take its full term to expire.
         await asyncio.gather(*restores)
+        if self._lease_task is None:
+            self._lease_task = asyncio.create_task(keep_leases(self), name="store leases")
 
     async def _restore_at_start(self, key: AccountKey, token: str) -> None:
         try:
@@ -119,6 +124,11 @@ class AccountRegistry:
             log.error("Not driving %s %s: %s", key.user_id, key.device_id, exc)
 
     async def close(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
         for account in list(self.accounts.values()):
             await stop_worker(account)
             await self.store.release_lease(account.key)
@@ -263,12 +273,19 @@ class AccountRegistry:
 
     async def remove(self, account: Account) -> None:
         """Forget an account (logout): its keys leave the store."""
+        await self.let_go(account, release=False)
+        await self.store.delete_account(account.key)
+
+    async def let_go(self, account: Account, *, release: bool) -> None:
+        """Stop driving an account here (its worker stops; its tokens resolve afresh)."""
         await stop_worker(account)
-        self.accounts.pop(account.key, None)
+        if self.accounts.get(account.key) is account:
+            del self.accounts[account.key]
         for token, info in list(self.tokens.items()):
             if info.account is account:
                 del self.tokens[token]
-        await self.store.delete_account(account.key)
+        if release:
+            await self.store.release_lease(account.key)
 
     def forget_token(self, token: str) -> None:
         self.tokens.pop(token, None)

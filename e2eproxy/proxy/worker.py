@@ -1,5 +1,5 @@
-"""The per-account background work: a light sync of its own, the engine's outgoing requests,
-and the store lease.
+"""The per-account background work: a light sync of its own, the engine's outgoing requests and
+the key backup uploader (the store leases of all accounts renew together: lease_keeper.py).
 
 The background sync keeps to-device messages (room keys), device list changes and one-time key
 counts flowing while no client syncs. It is filtered down to what crypto needs.
@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from e2eproxy.crypto.results import Decrypted
-from e2eproxy.errors import StoreLocked, UpstreamError
+from e2eproxy.errors import UpstreamError
 from e2eproxy.protocol.rewrite import sync_slots
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.backup_io import upload_loop
@@ -28,7 +28,6 @@ from e2eproxy.proxy.intake import (
 )
 from e2eproxy.proxy.outgoing import drain_outgoing
 from e2eproxy.proxy.upstream import Upstream
-from e2eproxy.store import RENEW_EVERY_MS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ def start_worker(upstream: Upstream, account: Account) -> None:
     account.tasks = [
         asyncio.create_task(_sync_loop(upstream, account), name=f"sync {name}"),
         asyncio.create_task(_outgoing_loop(upstream, account), name=f"outgoing {name}"),
-        asyncio.create_task(_lease_loop(account), name=f"lease {name}"),
         asyncio.create_task(upload_loop(upstream, account), name=f"backup {name}"),
     ]
     account.wake_outgoing.set()
@@ -198,20 +196,3 @@ async def _outgoing_loop(upstream: Upstream, account: Account) -> None:
         except Exception:
             log.exception("Sending crypto requests for %s failed", account.device_id)
             await account.timer.sleep(5)
-
-
-async def _lease_loop(account: Account) -> None:
-    while True:
-        await account.timer.sleep(RENEW_EVERY_MS / 1000)
-        try:
-            await account.store.renew_lease(account.key)
-        except StoreLocked:
-            log.error(
-                "Lost the store lease of %s %s to another process; stopping its worker",
-                account.user_id,
-                account.device_id,
-            )
-            for task in account.tasks:
-                if task is not asyncio.current_task():
-                    task.cancel()
-            return

@@ -1,0 +1,85 @@
+"""Two proxy instances on one store (as with PostgreSQL): each device is driven by the one
+holding its lease. A request for a device the other instance drives gets it handed over (the
+other stops and releases within a renewal round), the device keeps working with no key lost,
+and a lost lease stops the account's work at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from e2eproxy.proxy.app_keys import REGISTRY
+from e2eproxy.proxy.lease_keeper import renew_round
+from e2eproxy.proxy.registry import AccountRegistry
+from e2eproxy.store.memory import MemoryBackend
+from e2eproxy.store.records import RecordStore
+from e2eproxy.store.txn import LeaseRow, Txn
+from tests.integration.conftest import RunningProxy, StartE2EEProxy
+from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
+from tests.support.stub_homeserver import StubHomeserver
+from tests.support.timing import until
+
+
+def registry_of(proxy: RunningProxy) -> AccountRegistry:
+    app = proxy.server.app
+    assert app is not None
+    return app[REGISTRY]
+
+
+async def test_a_device_moves_to_the_instance_its_requests_reach(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    shared = MemoryBackend()  # one store, two processes' views of it (two lease holders)
+    first = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-1"))
+    second = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-2"))
+    alice, bob = await login_all(session, first.url, stub, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    await alice.send_text(room_id, "through the first instance")
+
+    # Alice's client now reaches the second instance (a load balancer moved her token).
+    moved = PlainClient(session, second.url, alice.access_token)
+    moved.user_id, moved.device_id = alice.user_id, alice.device_id
+
+    sending = asyncio.ensure_future(moved.send_text(room_id, "through the second instance"))
+    await until("the second instance asked for the account",
+                lambda: _wanted(registry_of(first), alice.user_id))
+    # The first instance's renewal round sees the account wanted and hands it over.
+    await renew_round(registry_of(first))
+    await sending
+    assert alice.user_id not in {a.user_id for a in registry_of(first).accounts.values()}
+    assert alice.user_id in {a.user_id for a in registry_of(second).accounts.values()}
+    # Bob reads both, and Alice's history reads back through her new instance: no key lost.
+    history = [e["content"].get("body") for e in reversed(await bob.messages(room_id))
+               if e["type"] == "m.room.message"]
+    assert history == ["through the first instance", "through the second instance"]
+    mine = [e["content"].get("body") for e in reversed(await moved.messages(room_id))
+            if e["type"] == "m.room.message"]
+    assert mine == history
+
+
+async def _wanted(registry: AccountRegistry, user_id: str) -> bool:
+    [account] = [a for a in registry.accounts.values() if a.user_id == user_id]
+    lease = (await registry.store.renew_leases([account.key]))[account.key]
+    return bool(lease and lease.wanted)
+
+
+async def test_a_lost_lease_stops_the_accounts_work(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    shared = MemoryBackend()
+    first = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-1"))
+    await login_all(session, first.url, stub, "alice")
+    registry = registry_of(first)
+    [account] = list(registry.accounts.values())
+    # Another process takes the account over behind the first one's back (its lease expired
+    # while it was paused, say): the row now names the other holder.
+    def steal(txn: Txn) -> None:
+        row = txn.lease_get(account.key)
+        assert row is not None
+        txn.lease_put(account.key, LeaseRow("intruder", row.expires_ms, row.generation + 1))
+
+    await shared.run(steal)
+    await renew_round(registry)
+    assert registry.accounts == {}
+    assert all(task.done() for task in account.tasks) or account.tasks == []
