@@ -20,7 +20,9 @@ the process's homeservers (one AccountRegistry each); read it when a command run
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +39,8 @@ CommandGroup = Callable[[Sequence[AccountRegistry]], Mapping[str, Handler]]
 
 
 def generic_commands(registries: Sequence[AccountRegistry]) -> dict[str, Handler]:
-    """`ping` (is it running, which version) and `accounts` (the devices it holds)."""
+    """`ping` (is it running, which version), `accounts` (the devices it holds) and `stats`
+    (what the process holds now: for watching it over time, as bench/soak.py does)."""
 
     async def ping(request: ControlRequest) -> Any:
         return {"version": __version__, "pid": os.getpid()}
@@ -54,7 +57,24 @@ def generic_commands(registries: Sequence[AccountRegistry]) -> dict[str, Handler
         ]
         return sorted(held, key=lambda a: (a["user_id"], a["device_id"], a["homeserver"]))
 
-    return {"ping": ping, "accounts": accounts}
+    async def stats(request: ControlRequest) -> Any:
+        return {
+            "pid": os.getpid(),
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "accounts": sum(len(registry.accounts) for registry in registries),
+            "open_fds": _open_fds(),
+        }
+
+    return {"ping": ping, "accounts": accounts, "stats": stats}
+
+
+def _open_fds() -> int | None:
+    """This process's open file descriptors, where /proc tells (Linux); else None."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
 
 
 # Every group of commands; add yours here, one line.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -129,3 +130,23 @@ def test_argument_helpers_check_types() -> None:
         with pytest.raises(ControlError) as refused:
             bad()
         assert refused.value.code == "bad_request"
+
+
+async def test_stats_counts_tasks_accounts_and_fds(registries: Sequence[AccountRegistry]) -> None:
+    stats = command_table(registries)["stats"]
+    before = await stats(ControlRequest("stats"))
+    assert before["pid"] == os.getpid()
+    assert before["accounts"] == 4  # every device of every homeserver
+    assert before["threads"] >= 1
+    blocker = asyncio.Event()
+    waiters = [asyncio.create_task(blocker.wait()) for _ in range(3)]
+    read, write = os.pipe()  # two more descriptors
+    try:
+        after = await stats(ControlRequest("stats"))
+    finally:
+        os.close(read)
+        os.close(write)
+        blocker.set()
+        await asyncio.gather(*waiters)
+    assert after["tasks"] == before["tasks"] + 3
+    assert after["open_fds"] == before["open_fds"] + 2
