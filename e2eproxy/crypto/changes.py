@@ -2,8 +2,9 @@
 
 Every public ``OlmMachine`` call records what it changed; ``OlmMachine.take_changes()`` returns
 those records as one ``Changes`` batch, which the store saves in one transaction.
-Records are *upserts* keyed as noted on each class, except where a ``*_removed`` list says
-otherwise. Records hold live vodozemac objects (``Account``, ``Session``, ``GroupSession``,
+Records are *upserts* keyed as noted on each class; a ``<list>_removed`` list holds the keys
+of that list's records to delete (a key is never both upserted and removed in one batch).
+Records hold live vodozemac objects (``Account``, ``Session``, ``GroupSession``,
 ``InboundGroupSession``): the store pickles them with its own 32-byte key;
 the engine never sees that key.
 
@@ -218,12 +219,14 @@ class Changes:
     ``to_device_hashes``: sha256 hex digests of to-device ciphertexts already processed (the store
     may prune old ones; a week is plenty). ``requests_added``/``requests_removed``: the durable
     queue of outgoing requests, so a crash between a step and its send does not lose them.
-    ``outbound_group_sessions_removed``: rooms whose outbound session was discarded (a room is
-    never both removed and upserted in one batch).
+    ``*_removed``: keys of records to delete: rooms whose outbound session was discarded, Olm
+    sessions expired past the per-device cap, withheld notices forgotten past their bound (a
+    key is never both removed and upserted in one batch).
     """
 
     account: AccountRecord | None = None
     olm_sessions: list[OlmSessionRecord] = field(default_factory=list)
+    olm_sessions_removed: list[str] = field(default_factory=list)
     inbound_group_sessions: list[InboundGroupSessionRecord] = field(default_factory=list)
     outbound_group_sessions: list[OutboundGroupSessionRecord] = field(default_factory=list)
     outbound_group_sessions_removed: list[RoomId] = field(default_factory=list)
@@ -233,6 +236,7 @@ class Changes:
     replay_entries: list[ReplayRecord] = field(default_factory=list)
     to_device_hashes: list[str] = field(default_factory=list)
     withheld: list[WithheldRecord] = field(default_factory=list)
+    withheld_removed: list[tuple[RoomId, SessionId]] = field(default_factory=list)
     requests_added: list[OutgoingRequest] = field(default_factory=list)
     requests_removed: list[str] = field(default_factory=list)
     cross_signing: list[CrossSigningRecord] = field(default_factory=list)
@@ -243,6 +247,7 @@ class Changes:
         return self.account is None and not any(
             (
                 self.olm_sessions,
+                self.olm_sessions_removed,
                 self.inbound_group_sessions,
                 self.outbound_group_sessions,
                 self.outbound_group_sessions_removed,
@@ -252,6 +257,7 @@ class Changes:
                 self.replay_entries,
                 self.to_device_hashes,
                 self.withheld,
+                self.withheld_removed,
                 self.requests_added,
                 self.requests_removed,
                 self.cross_signing,
@@ -289,16 +295,23 @@ class EngineSnapshot:
 class ChangeLog:
     """Collects records during engine steps; ``take()`` hands them out once.
 
-    Keyed records are de-duplicated so a batch holds the newest version of each once, and an
-    outbound session is either upserted or removed in a batch, never both.
+    Keyed records are de-duplicated so a batch holds the newest version of each once, and a
+    record is either upserted or removed in a batch, never both (the later call wins).
     """
 
     def __init__(self) -> None:
         self._changes = Changes()
         self._keyed: dict[str, dict[object, Any]] = {}
+        self._removed: dict[str, dict[object, None]] = {}
 
     def _put(self, kind: str, key: object, record: Any) -> None:
         self._keyed.setdefault(kind, {})[key] = record
+        self._removed.get(kind, {}).pop(key, None)
+
+    def _remove(self, kind: str, key: object) -> None:
+        """Delete the stored record of ``kind`` (its ``<kind>_removed`` list) under ``key``."""
+        self._keyed.get(kind, {}).pop(key, None)
+        self._removed.setdefault(kind, {})[key] = None
 
     def account(self, record: AccountRecord) -> None:
         self._changes.account = record
@@ -306,19 +319,17 @@ class ChangeLog:
     def olm_session(self, record: OlmSessionRecord) -> None:
         self._put("olm_sessions", record.session_id, record)
 
+    def olm_session_removed(self, session_id: str) -> None:
+        self._remove("olm_sessions", session_id)
+
     def inbound(self, record: InboundGroupSessionRecord) -> None:
         self._put("inbound_group_sessions", (record.room_id, record.session_id), record)
 
     def outbound(self, record: OutboundGroupSessionRecord) -> None:
-        removed = self._changes.outbound_group_sessions_removed
-        if record.room_id in removed:
-            removed.remove(record.room_id)
         self._put("outbound_group_sessions", record.room_id, record)
 
     def outbound_removed(self, room_id: RoomId) -> None:
-        self._keyed.get("outbound_group_sessions", {}).pop(room_id, None)
-        if room_id not in self._changes.outbound_group_sessions_removed:
-            self._changes.outbound_group_sessions_removed.append(room_id)
+        self._remove("outbound_group_sessions", room_id)
 
     def device(self, record: DeviceRecord) -> None:
         self._put("devices", (record.user_id, record.device_id), record)
@@ -337,6 +348,9 @@ class ChangeLog:
 
     def withheld(self, record: WithheldRecord) -> None:
         self._put("withheld", (record.room_id, record.session_id), record)
+
+    def withheld_removed(self, room_id: RoomId, session_id: SessionId) -> None:
+        self._remove("withheld", (room_id, session_id))
 
     def cross_signing(self, record: CrossSigningRecord) -> None:
         self._put("cross_signing", (), record)
@@ -357,5 +371,7 @@ class ChangeLog:
         changes, self._changes = self._changes, Changes()
         for kind, records in self._keyed.items():
             setattr(changes, kind, list(records.values()))
-        self._keyed = {}
+        for kind, keys in self._removed.items():
+            setattr(changes, f"{kind}_removed", list(keys))
+        self._keyed, self._removed = {}, {}
         return changes

@@ -2,9 +2,10 @@
 batch holds it (``Changes``) and where a restore puts it (``EngineSnapshot``).
 
 A new kind of engine record is one entry here (plus its fields in ``crypto/changes.py``):
-``plan_changes`` writes every kind listed, and ``RecordStore.load_snapshot`` reads back every kind
-that has a ``snapshot`` attribute. What is not a plain upsert (outbound sessions removed, users
-untracked, requests answered, the account row, to-device hashes) stays written out in ``txn``.
+``plan_changes`` writes every kind listed (and deletes the keys of its ``<changes>_removed`` list),
+and ``RecordStore.load_snapshot`` reads back every kind that has a ``snapshot`` attribute. What is
+not a plain upsert or removal (users untracked, requests answered, the account row, to-device
+hashes) stays written out in ``txn``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class RecordKind:
     group: Callable[[Any], Key] | None = None
     # A record this says is gone is deleted instead of stored.
     deleted: Callable[[Any], bool] | None = None
+    # The ``Changes`` list of keys to delete (``<changes>_removed``); a one-part key may be
+    # listed bare (a room id for ``(room_id,)``).
+    removed: str | None = None
+
+    def removed_keys(self, changes: Any) -> list[Key]:
+        if self.removed is None:
+            return []
+        return [k if isinstance(k, tuple) else (k,) for k in getattr(changes, self.removed)]
 
 
 def inbound_rank(first_known_index: int, imported: bool) -> int:
@@ -61,14 +70,15 @@ def _keyless(encode: Callable[[Any], dict[str, Any]]) -> Callable[[Any, bytes], 
 
 
 OLM = RecordKind("olm", "olm_sessions", lambda r: (r.session_id,), codec.olm_to,
-                 codec.olm_from, snapshot="olm_sessions")
+                 codec.olm_from, snapshot="olm_sessions", removed="olm_sessions_removed")
 INBOUND = RecordKind(
     "igs", "inbound_group_sessions", lambda r: (r.room_id, r.session_id), codec.inbound_to,
     codec.inbound_from,
     rank=lambda r: inbound_rank(r.first_known_index, r.imported),
 )
 OUTBOUND = RecordKind("ogs", "outbound_group_sessions", lambda r: (r.room_id,),
-                      codec.outbound_to, codec.outbound_from, snapshot="outbound_group_sessions")
+                      codec.outbound_to, codec.outbound_from, snapshot="outbound_group_sessions",
+                      removed="outbound_group_sessions_removed")
 DEVICE = RecordKind("device", "devices", lambda r: (r.user_id, r.device_id),
                     _keyless(codec.device_to), lambda v, _k: codec.device_from(v),
                     snapshot="devices")
@@ -78,7 +88,7 @@ USER = RecordKind("user", "tracked_users", lambda r: (r.user_id,), _keyless(code
 ROOM = RecordKind("room", "rooms", lambda r: (r.room_id,), *_plain(RoomRecord),
                   snapshot="rooms")
 WITHHELD = RecordKind("withheld", "withheld", lambda r: (r.room_id, r.session_id),
-                      *_plain(WithheldRecord), snapshot="withheld")
+                      *_plain(WithheldRecord), snapshot="withheld", removed="withheld_removed")
 REPLAY = RecordKind("replay", "replay_entries", lambda r: (r.session_id, str(r.message_index)),
                     *_plain(ReplayRecord), group=lambda r: (r.room_id, r.session_id))
 REQUEST = RecordKind("request", "requests_added", lambda r: (r.id,),

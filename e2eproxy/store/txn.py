@@ -29,7 +29,6 @@ TXN = "txn"
 SECRET = "secret"
 INBOUND = kinds.INBOUND.row
 REPLAY = kinds.REPLAY.row
-OUTBOUND = kinds.OUTBOUND.row
 REQUEST = kinds.REQUEST.row
 # Inbound sessions still to upload to the server-side key backup (see ``backup_queue``).
 BACKUP_QUEUE = "backupq"
@@ -124,8 +123,9 @@ def plan_changes(
     dumps = codec.dumps
     if changes.account is not None:
         ops.append(Put(ACCOUNT, (), dumps(codec.account_to(changes.account, pickle_key))))
-    # Removed before upserted: a room is never both in one batch, but keep the order safe.
-    ops.extend(Delete(OUTBOUND, (room_id,)) for room_id in changes.outbound_group_sessions_removed)
+    # Removed before upserted: a key is never both in one batch, but keep the order safe.
+    for kind in kinds.KINDS:
+        ops.extend(Delete(kind.row, key) for key in kind.removed_keys(changes))
     for kind in kinds.KINDS:
         for record in getattr(changes, kind.changes):
             ops.append(_upsert(kind, record, pickle_key))

@@ -121,6 +121,8 @@ async def test_upserts_and_deletes(store: RecordStore) -> None:
         Changes(
             tracked_users=[TrackedUserRecord(user.user_id, False, False, 4)],
             outbound_group_sessions_removed=[ROOM],
+            olm_sessions_removed=[changes.olm_sessions[0].session_id],
+            withheld_removed=[(w.room_id, w.session_id) for w in changes.withheld],
             requests_added=[request],
             requests_removed=[changes.requests_added[0].id, request.id],
         ),
@@ -129,6 +131,8 @@ async def test_upserts_and_deletes(store: RecordStore) -> None:
     assert snap is not None
     assert snap.tracked_users == []
     assert snap.outbound_group_sessions == []
+    assert snap.olm_sessions == [] and snap.withheld == []
+    assert snap.devices == changes.devices, "only what was named is deleted"
     assert snap.pending_requests == [], "added then removed in one batch: gone"
 
 

@@ -368,6 +368,8 @@ class FoldingStore:
             self.account = replace(changes.account, account=_copy_vz(changes.account.account))
         for r in changes.olm_sessions:
             t["olm"][r.session_id] = replace(r, session=_copy_vz(r.session))
+        for session_id in changes.olm_sessions_removed:
+            t["olm"].pop(session_id, None)
         for r in changes.inbound_group_sessions:
             old = t["igs"].get((r.room_id, r.session_id))
             if old is None or r.first_known_index < old.first_known_index:
@@ -393,6 +395,8 @@ class FoldingStore:
             t["replay"][(r.session_id, r.message_index)] = r
         for r in changes.withheld:
             t["withheld"][(r.room_id, r.session_id)] = r
+        for key in changes.withheld_removed:
+            t["withheld"].pop(key, None)
         for req in changes.requests_added:
             t["req"][req.id] = req
         for req_id in changes.requests_removed:
