@@ -15,9 +15,8 @@ from e2eproxy.crypto.replay import ReplayVerdict
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason, SenderTrust
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM, LocalTrust
 from e2eproxy.crypto.trust import DeviceTrust, TrustState
+from e2eproxy.crypto.withheld import WithheldNotices
 from e2eproxy.types import RoomId, SessionId
-
-Withheld = dict[tuple[RoomId, SessionId], str]
 
 
 def megolm_session_id(event: Any) -> SessionId | None:
@@ -60,7 +59,7 @@ _SENDER_TRUST = {
 class RoomDecryptor:
     """Turns ``m.room.encrypted`` room events into the events their sender wrote."""
 
-    def __init__(self, inbound: InboundSessions, devices: DeviceTracker, withheld: Withheld,
+    def __init__(self, inbound: InboundSessions, devices: DeviceTracker, withheld: WithheldNotices,
                  log: ChangeLog) -> None:
         self._inbound = inbound
         self._devices = devices
@@ -102,7 +101,7 @@ class RoomDecryptor:
         sid = SessionId(session_id)
         record = self._inbound.get(room_id, sid)
         if record is None:
-            code = self._withheld.get((room_id, sid))
+            code = self._withheld.code_for(room_id, sid, event)
             return DecryptionFailure(
                 FailureReason.MISSING_SESSION, "no room key for this session", sid, code
             )

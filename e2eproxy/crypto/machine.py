@@ -27,7 +27,7 @@ from e2eproxy.crypto.changes import (
 )
 from e2eproxy.crypto.claims import OlmClaimer
 from e2eproxy.crypto.clock import Clock
-from e2eproxy.crypto.decrypt import RoomDecryptor, Withheld, bundled_events, megolm_session_id
+from e2eproxy.crypto.decrypt import RoomDecryptor, bundled_events, megolm_session_id
 from e2eproxy.crypto.devices import DeviceTracker
 from e2eproxy.crypto.key_requester import KeyRequester
 from e2eproxy.crypto.key_requests import KeyRequestResponder
@@ -44,6 +44,7 @@ from e2eproxy.crypto.sync import Parts, SyncProcessor
 from e2eproxy.crypto.to_device import Handler, ToDeviceRouter
 from e2eproxy.crypto.trust import TrustState
 from e2eproxy.crypto.trust_service import Trust
+from e2eproxy.crypto.withheld import WithheldNotices
 from e2eproxy.errors import LocalProtocolError
 from e2eproxy.protocol import api
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
@@ -76,7 +77,7 @@ class OlmMachine:
         self._outbound = OutboundSessions(self._log)
         self._rooms = RoomStates(self._log)
         self._queue = RequestQueue(self._log)
-        self._withheld: Withheld = {}
+        self._withheld = WithheldNotices(self._devices, self._inbound, self._log)
         parts = Parts(self._account, self._devices, self._olm, self._claimer, self._inbound,
                       self._outbound, self._rooms, self._withheld, self._log)
         self._router = ToDeviceRouter()
@@ -141,8 +142,6 @@ class OlmMachine:
         machine._olm.load(snapshot.olm_sessions)
         machine._outbound.load(snapshot.outbound_group_sessions)
         machine._rooms.load(snapshot.rooms)
-        for item in snapshot.withheld:
-            machine._withheld[(item.room_id, item.session_id)] = item.code
         machine._inbound.load(snapshot.inbound_group_sessions, snapshot.replay_entries)
         machine._sync.load_hashes(snapshot.to_device_hashes)
         machine.trust.state.load(snapshot.cross_signing, snapshot.identities)
@@ -156,6 +155,8 @@ class OlmMachine:
             if request.kind not in resent:
                 machine._log.request_removed(request.id)
         machine._log.take()
+        # Bounds a store written before them may exceed: what they drop is deleted there too.
+        machine._withheld.load(snapshot.withheld)
         machine._devices.track([machine.user_id])
         return machine
 

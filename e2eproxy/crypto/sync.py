@@ -11,9 +11,8 @@ from typing import Any
 import vodozemac
 
 from e2eproxy.crypto.account import AccountState
-from e2eproxy.crypto.changes import ChangeLog, InboundGroupSessionRecord, WithheldRecord
+from e2eproxy.crypto.changes import ChangeLog, InboundGroupSessionRecord
 from e2eproxy.crypto.claims import OlmClaimer
-from e2eproxy.crypto.decrypt import Withheld
 from e2eproxy.crypto.devices import DeviceTracker, device_ed25519
 from e2eproxy.crypto.megolm_in import InboundSessions
 from e2eproxy.crypto.megolm_out import OutboundSessions
@@ -22,13 +21,12 @@ from e2eproxy.crypto.results import RoomKeyInfo, SyncResult, ToDeviceFailure
 from e2eproxy.crypto.rooms import ACTIVE_MEMBERSHIPS, RoomStates
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.crypto.to_device import ToDeviceEvent, ToDeviceRouter, ToDeviceSender
+from e2eproxy.crypto.withheld import WithheldNotices
 from e2eproxy.protocol.canonical import canonical_json
 from e2eproxy.types import RoomId, SessionId, UserId
 
 logger = logging.getLogger(__name__)
 MAX_SEEN_HASHES = 50_000
-# The stable name and the one clients used before it (still sent by some).
-WITHHELD_EVENTS = ("m.room_key.withheld", "org.matrix.room_key.withheld")
 
 
 @dataclass(slots=True)
@@ -42,7 +40,7 @@ class Parts:
     inbound: InboundSessions
     outbound: OutboundSessions
     rooms: RoomStates
-    withheld: Withheld
+    withheld: WithheldNotices
     log: ChangeLog
 
 
@@ -69,7 +67,7 @@ class SyncProcessor:
         self.router = router
         router.register("m.room.encrypted", self._olm_event)
         router.register("m.room_key", self._room_key_event, plaintext=False)
-        router.register(WITHHELD_EVENTS, self._withheld_event)
+        parts.withheld.register(router)
         # MSC1719: a new session's first message, to unwedge it; nothing to do beyond decrypting.
         router.register("m.dummy", lambda event, result: None, plaintext=False)
 
@@ -164,9 +162,6 @@ class SyncProcessor:
         self._room_key(OlmDecrypted(sender.user_id, sender.curve25519, sender.ed25519,
                                     event.type, event.content), result)
 
-    def _withheld_event(self, event: ToDeviceEvent, result: SyncResult) -> None:
-        self._withheld(event.sender.user_id, event.content, result)
-
     def _room_key(self, decrypted: OlmDecrypted, result: SyncResult) -> None:
         content = decrypted.content
         room_id, session_id = content.get("room_id"), content.get("session_id")
@@ -194,36 +189,10 @@ class SyncProcessor:
             first_known_index=session.first_known_index,
         )
         if self._p.inbound.add(record, known_absent=self.inbound_complete):
-            self._p.withheld.pop((record.room_id, record.session_id), None)
+            self._p.withheld.discard(record.room_id, record.session_id)
             result.room_keys.append(
                 RoomKeyInfo(record.room_id, record.session_id, record.first_known_index)
             )
-
-    def _withheld(self, sender: str, content: Any, result: SyncResult) -> None:
-        if not isinstance(content, dict) or content.get("algorithm") != MEGOLM_ALGORITHM:
-            return
-        room_id, session_id = content.get("room_id"), content.get("session_id")
-        code, sender_key = content.get("code"), content.get("sender_key")
-        if not (
-            isinstance(room_id, str) and isinstance(session_id, str)
-            and isinstance(code, str) and isinstance(sender_key, str)
-        ):
-            return  # m.no_olm carries no session: nothing to remember per session
-        key = (RoomId(room_id), SessionId(session_id))
-        if self._p.inbound.get(*key) is not None:
-            return
-        # Anyone can send a plaintext notice naming any session: only the sender's own device
-        # (its Curve25519 key as we know it) may say it withheld a session it created.
-        device = self._p.devices.by_curve25519(sender_key)
-        if device is None or device.user_id != sender:
-            logger.debug("withheld notice from %s for a key not of its devices: ignored", sender)
-            return
-        reason = content.get("reason")
-        self._p.withheld[key] = code
-        self._p.log.withheld(WithheldRecord(
-            key[0], key[1], sender_key, code, reason if isinstance(reason, str) else ""
-        ))
-        result.withheld.append((key[0], key[1], code))
 
     # -- rooms ---------------------------------------------------------------------------
     def _rooms(self, rooms: dict[str, Any]) -> None:
