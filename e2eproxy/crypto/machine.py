@@ -139,7 +139,6 @@ class OlmMachine:
         machine = cls(user_id, device_id, clock, inbound_cache_size=inbound_cache_size,
                       _record=snapshot.account)
         machine._devices.load(snapshot.tracked_users, snapshot.devices)
-        machine._olm.load(snapshot.olm_sessions)
         machine._outbound.load(snapshot.outbound_group_sessions)
         machine._rooms.load(snapshot.rooms)
         machine._inbound.load(snapshot.inbound_group_sessions, snapshot.replay_entries)
@@ -156,6 +155,7 @@ class OlmMachine:
                 machine._log.request_removed(request.id)
         machine._log.take()
         # Bounds a store written before them may exceed: what they drop is deleted there too.
+        machine._olm.load(snapshot.olm_sessions)
         machine._withheld.load(snapshot.withheld)
         machine._devices.track([machine.user_id])
         return machine

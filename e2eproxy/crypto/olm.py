@@ -15,6 +15,11 @@ from e2eproxy.crypto.devices import DeviceTracker, device_curve25519, device_ed2
 from e2eproxy.crypto.settings import OLM_ALGORITHM
 from e2eproxy.protocol.canonical import b64decode, b64encode, canonical_json, verify_json
 
+# Olm sessions kept per peer device, the least recently used expired first (the spec: "at least
+# 4"; matrix-rust-sdk keeps them all, mautrix-go 5): a peer that keeps opening sessions (by
+# pre-key messages, or a wedged device that recovers every hour) cannot grow them without end.
+MAX_SESSIONS_PER_DEVICE = 5
+
 
 @dataclass(frozen=True, slots=True)
 class OlmDecrypted:
@@ -50,6 +55,8 @@ class OlmSessions:
     def load(self, records: list[OlmSessionRecord]) -> None:
         for record in records:
             self._sessions.setdefault(record.sender_key, []).append(record)
+        for sender_key in list(self._sessions):
+            self._expire(sender_key)  # a store written before the cap may hold more
 
     def has_session(self, curve25519: str) -> bool:
         return bool(self._sessions.get(curve25519))
@@ -61,6 +68,19 @@ class OlmSessions:
         )
         self._sessions.setdefault(sender_key, []).append(record)
         self._log.olm_session(record)
+        self._expire(sender_key)
+
+    def _expire(self, sender_key: str) -> None:
+        """Keep the ``MAX_SESSIONS_PER_DEVICE`` most recently used sessions with a device."""
+        sessions = self._sessions[sender_key]
+        if len(sessions) <= MAX_SESSIONS_PER_DEVICE:
+            return
+        ranked = sorted(enumerate(sessions), key=_recency, reverse=True)
+        kept = {index for index, _ in ranked[:MAX_SESSIONS_PER_DEVICE]}
+        for index, record in enumerate(sessions):
+            if index not in kept:
+                self._log.olm_session_removed(record.session_id)
+        self._sessions[sender_key] = [r for i, r in enumerate(sessions) if i in kept]
 
     # -- outbound ------------------------------------------------------------------------
     def create_outbound(self, device: DeviceRecord, claimed: Any) -> bool:
@@ -92,10 +112,7 @@ class OlmSessions:
         if not sessions:
             return None
         # MSC1719: the session that most recently received (or was created); newest on ties
-        _, record = max(
-            enumerate(sessions),
-            key=lambda item: (max(item[1].created_ms, item[1].last_received_ms), item[0]),
-        )
+        _, record = max(enumerate(sessions), key=_recency)
         payload = {
             "sender": self._account.user_id,
             "keys": {"ed25519": self._account.ed25519},
@@ -207,6 +224,13 @@ class OlmSessions:
         ):
             return OlmFailure("mismatched_keys", sender_key)
         return OlmDecrypted(sender, sender_key, keys["ed25519"], event_type, content)
+
+
+def _recency(item: tuple[int, OlmSessionRecord]) -> tuple[int, int]:
+    """How recently a session (at its position in a device's list) was used, as the spec
+    orders them: the last message received on it, else its creation; the newer on ties."""
+    index, record = item
+    return max(record.created_ms, record.last_received_ms), index
 
 
 def _sender_device_keys_valid(payload: dict[str, Any], sender: str, sender_key: str,

@@ -8,6 +8,7 @@ from typing import Any
 
 import vodozemac
 
+from e2eproxy.crypto.changes import OlmSessionRecord
 from e2eproxy.protocol.api import RequestKind
 from e2eproxy.protocol.canonical import b64encode, canonical_json
 from tests.support.machine_pair import Client, FakeServer, make_clients, make_room
@@ -233,3 +234,40 @@ def test_claimed_key_with_forged_signature_is_not_used() -> None:
     assert [r for r in requests if "m.room.encrypted" in r.path] == []
     (withheld,) = [r for r in requests if "withheld" in r.path]
     assert withheld.body["messages"][bob.user_id][bob.device_id]["code"] == "m.no_olm"
+
+
+def test_olm_sessions_per_device_are_capped_least_recently_used_first() -> None:
+    """Anyone can open Olm sessions with us (a pre-key message with one of our one-time keys):
+    a device keeps at most five, the least recently used expired, in the store too."""
+    server, (bob,) = make_clients("bob")
+    peer = vodozemac.Account()
+    peer_key = peer.curve25519_key.to_base64()
+    payload = _room_key_payload(bob, "@peer:test", peer.ed25519_key.to_base64())
+    for _ in range(8):
+        server.clock.advance(1000)
+        event = _forge(server, bob, "@peer:test", payload, peer)
+        bob.machine.receive_sync({"to_device": {"events": [event]}})
+    bob.persist()
+    kept = bob.machine._olm._sessions[peer_key]
+    assert len(kept) == 5
+    assert [s.created_ms for s in kept] == sorted(s.created_ms for s in kept)
+    assert min(s.created_ms for s in kept) == max(s.created_ms for s in kept) - 4000, (
+        "the five most recent"
+    )
+    stored = [r for r in bob.store.tables["olm"].values() if r.sender_key == peer_key]
+    assert {r.session_id for r in stored} == {s.session_id for s in kept}
+
+    # A store written before the cap, with more: the extra ones go at restore, there too.
+    for number in range(3):
+        other = vodozemac.Account()
+        other.generate_one_time_keys(1)
+        session = peer.create_outbound_session(
+            other.curve25519_key, next(iter(other.one_time_keys.values()))
+        )
+        bob.store.tables["olm"][session.session_id] = OlmSessionRecord(
+            peer_key, session.session_id, session, number, number, number
+        )
+    bob.restart()
+    bob.persist()
+    assert len(bob.machine._olm._sessions[peer_key]) == 5
+    assert len([r for r in bob.store.tables["olm"].values() if r.sender_key == peer_key]) == 5
