@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from e2eproxy.crypto.changes import ChangeLog, RoomRecord
-from e2eproxy.crypto.settings import EncryptionSettings
+from e2eproxy.crypto.settings import EncryptionSettings, understood_visibility
 from e2eproxy.types import RoomId, UserId
 
 ACTIVE_MEMBERSHIPS = frozenset({"join", "invite"})
@@ -20,6 +20,7 @@ class RoomStates:
 
     def load(self, records: list[RoomRecord]) -> None:
         for record in records:
+            record.history_visibility = understood_visibility(record.history_visibility)
             self.rooms[record.room_id] = record
 
     def _get(self, room_id: RoomId) -> RoomRecord:
@@ -51,8 +52,8 @@ class RoomStates:
         return True
 
     def set_history_visibility(self, room_id: RoomId, visibility: Any) -> bool:
-        if not isinstance(visibility, str):
-            return False
+        """Apply an ``m.room.history_visibility`` value (see ``understood_visibility``)."""
+        visibility = understood_visibility(visibility)
         record = self._get(room_id)
         if record.history_visibility == visibility:
             return False

@@ -33,6 +33,14 @@ class SharingStrategy(enum.Enum):
 
 
 SHARED_HISTORY_VISIBILITIES = frozenset({"shared", "world_readable"})
+HISTORY_VISIBILITIES = SHARED_HISTORY_VISIBILITIES | {"invited", "joined"}
+
+
+def understood_visibility(value: Any) -> str:
+    """A room's ``history_visibility`` as the engine acts on it: one the spec defines, else the
+    most restrictive (``joined``: no room key for invitees, none marked as shareable history).
+    Only a room with no such state at all is ``shared``, the spec's default."""
+    return value if isinstance(value, str) and value in HISTORY_VISIBILITIES else "joined"
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,28 @@ def test_history_visibility_change_rotates() -> None:
     assert bob.read(ROOM, second) == "b"
 
 
+def test_a_history_visibility_not_understood_is_the_most_restrictive() -> None:
+    """An invitee gets the room key while the history is shared; a value the spec does not
+    define (or no string at all) counts as ``joined``, not as ``shared``: no key for invitees,
+    none marked as shareable history. Also for such a value already in the store."""
+    _server, (alice, bob) = make_room(ROOM, "alice", "bob")
+    alice.machine.update_room_members(ROOM, {"@carol:test": "invite"})
+    assert "@carol:test" in alice.machine.room_members(ROOM)
+    for value in ("org.example.members_only", None, ["shared"]):
+        alice.machine.update_history_visibility(ROOM, "shared")
+        alice.machine.receive_sync({"rooms": {"join": {ROOM: {"timeline": {"events": [{
+            "type": "m.room.history_visibility", "state_key": "", "sender": bob.user_id,
+            "event_id": "$hv", "content": {"history_visibility": value},
+        }]}}}}})
+        assert "@carol:test" not in alice.machine.room_members(ROOM), value
+        settings = alice.machine.room_encryption_settings(ROOM)
+        assert settings is not None and not settings.shared_history
+    alice.persist()
+    alice.store.tables["room"][ROOM].history_visibility = "org.example.members_only"
+    alice.restart()
+    assert "@carol:test" not in alice.machine.room_members(ROOM)
+
+
 def test_replay_rejected_but_same_event_twice_is_fine() -> None:
     _server, (alice, bob) = make_room(ROOM, "alice", "bob")
     event = alice.send(ROOM, "once")
