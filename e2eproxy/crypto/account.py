@@ -27,6 +27,9 @@ class AccountState:
         self.record = record
         self._log = log
         self.upload_in_flight: str | None = None
+        # Key uploads the server acknowledged (in this process): a sync requested before the
+        # latest of them may have been answered before the server had it (see update_counts).
+        self.key_uploads = 0
         self._fallback_used = False
         self._device_keys: dict[str, Any] | None = None
 
@@ -71,18 +74,28 @@ class AccountState:
         return copy.deepcopy(self._device_keys)
 
     def update_counts(
-        self, otk_counts: Any, fallback_types: Any, now_ms: int
+        self, otk_counts: Any, fallback_types: Any, now_ms: int, key_uploads: int | None = None
     ) -> None:
-        """Take ``device_one_time_keys_count`` / ``device_unused_fallback_key_types`` from sync."""
+        """Take ``device_one_time_keys_count`` / ``device_unused_fallback_key_types`` from sync.
+
+        ``key_uploads``: our ``key_uploads`` when the sync was requested. A body requested
+        before our latest upload was acknowledged may describe the keys from before it (its
+        "no unused fallback key" is about the key that upload replaced), so its counts are not
+        taken: the next sync reports them again. None: the body is known to be current.
+        """
+        if key_uploads is not None and key_uploads < self.key_uploads:
+            return
         if isinstance(otk_counts, dict):
             count = otk_counts.get(OTK_ALGORITHM, 0)
             valid = isinstance(count, int) and not isinstance(count, bool) and count >= 0
             if valid and count != self.record.otk_server_count:
                 self.record.otk_server_count = count
                 self._log.account(self.record)
-        if isinstance(fallback_types, list) and OTK_ALGORITHM not in fallback_types:
-            # The server has no unused fallback key: it was used (or never uploaded).
-            self._fallback_used = self.record.device_keys_uploaded
+        if isinstance(fallback_types, list):
+            # No unused fallback key on the server: it was used (or never uploaded).
+            self._fallback_used = (
+                self.record.device_keys_uploaded and OTK_ALGORITHM not in fallback_types
+            )
 
     def _wanted_otks(self) -> int:
         target = self.account.max_number_of_one_time_keys // 2
@@ -93,6 +106,10 @@ class AccountState:
         return max(0, target - known - unpublished)
 
     def _fallback_due(self, now_ms: int) -> bool:
+        if self.account.fallback_key:  # type: ignore[attr-defined]
+            # One generated and not published yet: a second would push the published one out
+            # of the account (it keeps two) while peers may still use it; upload this one.
+            return False
         created = self.record.fallback_created_ms
         return created is None or self._fallback_used or now_ms - created >= FALLBACK_MAX_AGE_MS
 
@@ -144,6 +161,10 @@ class AccountState:
         self.upload_in_flight = None
         self.account.mark_keys_as_published()
         self.record.device_keys_uploaded = True
+        self.key_uploads += 1
+        # A "used" report seen so far was about a key this upload replaced (or, if it carried
+        # none, is sent again by the next sync, requested after it).
+        self._fallback_used = False
         counts = response.get("one_time_key_counts") if isinstance(response, dict) else None
         if isinstance(counts, dict):
             count = counts.get(OTK_ALGORITHM, 0)

@@ -171,11 +171,22 @@ class OlmMachine:
         return self._account.device_keys()
 
     # -- sync ----------------------------------------------------------------------------
-    def receive_sync(self, body: dict[str, Any]) -> SyncResult:
+    def receive_sync(self, body: dict[str, Any], *,
+                     key_uploads_at_request: int | None = None) -> SyncResult:
         """Apply a ``/sync`` response body; idempotent; never raises on bad data. Each
         to-device event goes to the handler registered for its type (see ``to_device``); what
-        they answer (room key requests, ...) goes out through ``outgoing_requests``."""
-        return self._sync.process(body)
+        they answer (room key requests, ...) goes out through ``outgoing_requests``.
+
+        ``key_uploads_at_request``: ``key_uploads`` when the sync was requested; a body asked
+        for before a later key upload was acknowledged says nothing current about our one-time
+        and fallback keys (its counts are ignored). None: the body is current."""
+        return self._sync.process(body, key_uploads_at_request)
+
+    @property
+    def key_uploads(self) -> int:
+        """How many key uploads the server has acknowledged: read it just before sending a
+        ``/sync`` request and pass it to ``receive_sync`` with its answer."""
+        return self._account.key_uploads
 
     def register_to_device_handler(self, event_types: str | tuple[str, ...],
                                    handler: Handler, *, plaintext: bool = True) -> None:

@@ -75,7 +75,7 @@ class SyncProcessor:
         for digest in hashes[-MAX_SEEN_HASHES:]:
             self._seen[digest] = None
 
-    def process(self, body: Any) -> SyncResult:
+    def process(self, body: Any, key_uploads: int | None = None) -> SyncResult:
         result = SyncResult()
         if not isinstance(body, dict):
             return result
@@ -93,6 +93,7 @@ class SyncProcessor:
             body.get("device_one_time_keys_count"),
             body.get("device_unused_fallback_key_types"),
             self._now_ms(),
+            key_uploads,
         )
         self._rooms(_dict(body, "rooms"))
         return result

@@ -16,15 +16,17 @@ BACKGROUND_STREAM = "background"
 
 
 async def process_sync(account: Account, body: dict[str, Any], stream: str, *,
-                       initial: bool = False) -> SyncResult:
+                       initial: bool = False, key_uploads: int | None = None) -> SyncResult:
     """Feed a /sync body to the engine and persist it with the stream's next token.
 
     ``initial``: a sync without a position, which lists no device changes: whatever changed
     before it (a member's new device or cross-signing keys) is never reported, so every
-    tracked user is queried again."""
+    tracked user is queried again. ``key_uploads``: ``machine.key_uploads`` read just before
+    the sync was requested (a body older than our latest key upload may report the keys it
+    replaced as used up)."""
     token = body.get("next_batch")
     async with account.step(wake=True) as step:
-        result = step.machine.receive_sync(body)
+        result = step.machine.receive_sync(body, key_uploads_at_request=key_uploads)
         if result.sessions_to_load:  # our verified devices asked for them: answered on load
             records, replays = await account.store.load_inbound_group_sessions(
                 account.key, result.sessions_to_load)

@@ -124,12 +124,14 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
         path = f"/_matrix/client/v3/sync?filter={_FILTER_PARAM}&set_presence=offline"
         if since:
             path += f"&since={quote(since)}&timeout={SYNC_TIMEOUT_MS}"
+        key_uploads = account.machine.key_uploads
         status, body = await _background_poll(upstream, account, path)
         if status == -1:
             continue
         if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
             try:
-                await process_sync(account, body, BACKGROUND_STREAM, initial=not since)
+                await process_sync(account, body, BACKGROUND_STREAM, initial=not since,
+                                   key_uploads=key_uploads)
                 await _verifications_of(account, body)
             except Exception:
                 # The position is not advanced, so the server delivers it all again: nothing

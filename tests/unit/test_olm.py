@@ -271,3 +271,40 @@ def test_olm_sessions_per_device_are_capped_least_recently_used_first() -> None:
     bob.persist()
     assert len(bob.machine._olm._sessions[peer_key]) == 5
     assert len([r for r in bob.store.tables["olm"].values() if r.sender_key == peer_key]) == 5
+
+
+def test_a_stale_sync_does_not_rotate_the_fallback_key_twice() -> None:
+    """Once the used fallback key is replaced, a sync asked for before that upload (answered
+    before the server had it) still says "no unused fallback key": that must not replace the
+    new key too (peers that claimed it would be left with a key we no longer hold)."""
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
+    server.otks[bob.key].clear()
+    alice.send(ROOM, "via the fallback key")
+    assert server.fallback_unused[bob.key] is False
+    asked_before_upload = bob.machine.key_uploads
+    stale = server.sync_body(bob.key)  # built now, before bob replaced the key
+    bob.tick()  # the fallback key is replaced: once
+    replaced = dict(server.fallback[bob.key])
+    bob.machine.receive_sync(stale, key_uploads_at_request=asked_before_upload)
+    bob.flush()
+    assert server.fallback[bob.key] == replaced
+
+    # A report that arrives while the replacement is on its way, whose upload then fails,
+    # must not make a second key either: the unpublished one is sent again.
+    server.fallback_unused[bob.key] = False  # someone claimed the new one too
+    bob.sync()
+    [upload] = [r for r in bob.machine.outgoing_requests() if r.kind is RequestKind.KEYS_UPLOAD]
+    bob.machine.receive_sync(server.sync_body(bob.key),
+                             key_uploads_at_request=bob.machine.key_uploads)
+    bob.machine.mark_request_as_failed(upload.id, "boom")
+    [retry] = [r for r in bob.machine.outgoing_requests() if r.kind is RequestKind.KEYS_UPLOAD]
+    assert retry.body["fallback_keys"] == upload.body["fallback_keys"]
+    bob.answer(retry)
+    bob.flush()
+    assert server.fallback[bob.key] == upload.body["fallback_keys"]
+    # A sync asked for after the upload, saying the key is used, rotates it as before.
+    server.fallback_unused[bob.key] = False
+    bob.machine.receive_sync(server.sync_body(bob.key),
+                             key_uploads_at_request=bob.machine.key_uploads)
+    bob.flush()
+    assert server.fallback[bob.key] != upload.body["fallback_keys"]

@@ -35,6 +35,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
         sliding.extension_enabled(wanted, "e2ee")
     )
     polling = account.client_polling() if carries_keys else contextlib.nullcontext()
+    key_uploads = account.machine.key_uploads
     with polling:
         answer = await unless_stopping(request, forward_for_json(request, body=raw))
     if answer is None:
@@ -43,7 +44,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     if answer.status != 200 or not isinstance(body, dict):
         return respond(answer)
     await process_sync(account, sliding.as_sync_body(body), CLIENT_STREAM,
-                       initial="pos" not in request.query)
+                       initial="pos" not in request.query, key_uploads=key_uploads)
     await decrypt_in_place(request, account, list(sliding.sliding_slots(body)), wait=True)
     sliding.strip_crypto_to_device(body)
     return respond(answer, body)

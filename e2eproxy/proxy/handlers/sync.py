@@ -68,6 +68,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
         widened = widen_filter(client_filter)
         if widened != client_filter or not request.query.get("filter", "").startswith("{"):
             path = with_filter(request, widened)
+    key_uploads = account.machine.key_uploads
     with account.client_polling():
         answer = await unless_stopping(request, forward_for_json(request, path_and_query=path))
     if answer is None:
@@ -75,7 +76,8 @@ async def sync(request: web.Request) -> web.StreamResponse:
     body = answer.data
     if answer.status != 200 or not isinstance(body, dict):
         return respond(answer)
-    await process_sync(account, body, CLIENT_STREAM, initial="since" not in request.query)
+    await process_sync(account, body, CLIENT_STREAM, initial="since" not in request.query,
+                       key_uploads=key_uploads)
     await decrypt_in_place(request, account, list(sync_slots(body)), wait=True)
     await feed_verifications(account, body)
     strip_crypto_to_device(body)
