@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
@@ -25,12 +26,55 @@ WAITABLE = (FailureReason.MISSING_SESSION, FailureReason.UNKNOWN_MESSAGE_INDEX)
 Result = Decrypted | DecryptionFailure
 # Sessions fetched from the key backup for one response at most (each is a request).
 MAX_BACKUP_FETCHES = 20
+# Keys the user's other devices lacked, not searched for again until one of them saves room
+# keys: at most this many, each for at most this long (another instance sharing the store may
+# save some without this one knowing).
+MAX_SIBLING_MISSES = 10_000
+SIBLING_MISS_TTL_S = 300.0
+SIBLING_MISSES = "sibling_misses"  # in Account.extras
+
+SessionKey = tuple[RoomId, SessionId]
 
 
-async def _copy_from_siblings(account: Account, missing: list[tuple[RoomId, SessionId]]) -> None:
+@dataclass
+class SiblingMisses:
+    """What a search of the user's other devices did not find, as of ``saved`` (the store's
+    ``room_keys_saved`` for the user then), with when it was searched."""
+
+    saved: int = -1
+    keys: OrderedDict[SessionKey, float] = field(default_factory=OrderedDict)
+
+    def still_missing(self, keys: list[SessionKey], saved: int, now: float) -> list[SessionKey]:
+        """Of ``keys``, those worth searching for: all, once room keys were saved since."""
+        if saved != self.saved:
+            self.saved = saved
+            self.keys.clear()
+        return [k for k in keys if now - self.keys.get(k, float("-inf")) >= SIBLING_MISS_TTL_S]
+
+    def add(self, keys: list[SessionKey], now: float) -> None:
+        for key in keys:
+            self.keys[key] = now
+            self.keys.move_to_end(key)
+        while len(self.keys) > MAX_SIBLING_MISSES:
+            self.keys.popitem(last=False)
+
+
+async def _copy_from_siblings(account: Account, missing: list[SessionKey]) -> None:
     """Room keys this device lacks, from the same user's other devices in this store: a user
     who logs in again through the proxy (a new device) keeps reading the history its earlier
-    devices could. Call inside a step."""
+    devices could. A key none of them has is not searched for again (each undecryptable
+    read would ask the store) until room keys are saved for one of the user's devices. Call
+    inside a step."""
+    misses = account.extras.setdefault(SIBLING_MISSES, SiblingMisses())
+    saved, now = account.store.room_keys_saved(account.user_id), account.timer.monotonic()
+    missing = misses.still_missing(missing, saved, now)
+    if missing:
+        missing = await _search_siblings(account, missing)
+        misses.add(missing, now)
+
+
+async def _search_siblings(account: Account, missing: list[SessionKey]) -> list[SessionKey]:
+    """Copy what the user's other devices hold of ``missing``; returns what is still missing."""
     siblings = [
         key for key in await account.store.list_accounts()
         if key.user_id == account.user_id and key.device_id != account.device_id
@@ -46,7 +90,8 @@ async def _copy_from_siblings(account: Account, missing: list[tuple[RoomId, Sess
                       account.device_id)
             missing = account.machine.missing_inbound_group_sessions(missing)
             if not missing:
-                return
+                break
+    return missing
 
 
 async def _decrypt_now(account: Account, slots: list[Slot]) -> list[Result]:

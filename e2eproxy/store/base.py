@@ -116,6 +116,12 @@ class Store(Protocol):
 
     async def count_inbound_group_sessions(self, account: AccountKey) -> int: ...
 
+    def room_keys_saved(self, user_id: str) -> int:
+        """How many batches with inbound group sessions this store instance has committed for
+        any device of ``user_id`` (a count that only grows): a search of a user's devices for a
+        key that found none is only worth repeating once it has changed."""
+        ...
+
     def iter_inbound_group_sessions(
         self, account: AccountKey, batch_size: int = 500
     ) -> AsyncIterator[list[InboundGroupSessionRecord]]:

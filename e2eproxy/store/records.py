@@ -75,6 +75,7 @@ class RecordStore:
         self._backend = backend
         self._clock: Clock = clock or SystemClock()
         self._leases = LeaseKeeper(backend.run, self._clock, holder or new_holder_id(), sleep)
+        self._room_keys_saved: dict[str, int] = {}
 
     async def open(self) -> None:
         await self._backend.open()
@@ -115,6 +116,13 @@ class RecordStore:
     async def _write(self, account: AccountKey, ops: list[t.Op]) -> None:
         fence = self._leases.fence(account)
         await self._backend.run(lambda txn: t.apply_ops(txn, account, ops, fence))
+        # Counted once committed: a search that read the count before sees it change.
+        if any(isinstance(op, t.Put) and op.kind == t.INBOUND for op in ops):
+            user = account.user_id
+            self._room_keys_saved[user] = self._room_keys_saved.get(user, 0) + 1
+
+    def room_keys_saved(self, user_id: str) -> int:
+        return self._room_keys_saved.get(user_id, 0)
 
     async def load_snapshot(self, account: AccountKey) -> EngineSnapshot | None:
         raw = await self._backend.run(lambda txn: _read_snapshot(txn, account))
