@@ -18,10 +18,10 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from e2eproxy.protocol.attachments import Decryptor, Encryptor, FileKey
 from e2eproxy.proxy.account import Account
@@ -73,7 +73,9 @@ class KnownMedia:
 
 
 class MediaSpool:
-    """Files on disk under the data dir; every byte in them is ciphertext."""
+    """Files on disk under the data dir; every byte in them is ciphertext. File I/O runs in
+    the default executor, a chunk at a time: a slow disk never stalls the event loop, and no
+    file is ever held in memory whole."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -91,29 +93,42 @@ class MediaSpool:
         """Encrypt `stream` into a new spool file; returns its name, key and plaintext size."""
         name = self.new_name()
         encryptor = Encryptor()
-        size = 0
-        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                async for chunk in stream:
-                    size += len(chunk)
-                    handle.write(encryptor.update(chunk))
-        except BaseException:
-            self.remove(name)
-            raise
+        size = await self.store(name, _mapped(stream, encryptor.update))
         return name, encryptor.finish(), size
 
-    async def read(self, name: str, file_key: FileKey | None = None) -> AsyncIterator[bytes]:
-        """The spool file's bytes: ciphertext, or plaintext when given its key."""
+    async def store(self, name: str, stream: AsyncIterator[bytes]) -> int:
+        """Write `stream` as it is into the new spool file `name` (removed again if the stream
+        fails); returns how many bytes came."""
+        handle = await asyncio.to_thread(_create, self.path(name))
+        size = 0
+        try:
+            try:
+                async for chunk in stream:
+                    size += len(chunk)
+                    await asyncio.to_thread(handle.write, chunk)
+            finally:
+                await asyncio.to_thread(handle.close)
+        except BaseException:
+            await self.discard(name)
+            raise
+        return size
+
+    async def read(self, name: str, file_key: FileKey | None = None, *,
+                   unlink: bool = False) -> AsyncIterator[bytes]:
+        """The spool file's bytes: ciphertext, or plaintext when given its key. ``unlink``: the
+        file is deleted once open (read once; gone from the disk before the reader is done)."""
         decryptor = Decryptor(file_key) if file_key is not None else None
-        with self.path(name).open("rb") as handle:
-            while chunk := handle.read(CHUNK):
+        handle = await asyncio.to_thread(_open, self.path(name), unlink)
+        try:
+            while chunk := await asyncio.to_thread(handle.read, CHUNK):
                 yield decryptor.update(chunk) if decryptor else chunk
-                await asyncio.sleep(0)
+        finally:
+            await asyncio.to_thread(handle.close)
 
     def remove_older_than(self, age_s: float) -> int:
         """Delete files older than `age_s` (left by a crash, or by an upload whose record is
-        gone): every held upload expires sooner, so nothing in use is touched."""
+        gone): every held upload expires sooner, so nothing in use is touched. Blocking: run
+        it in an executor."""
         cutoff = time.time() - age_s
         removed = 0
         for path in self.directory.iterdir():
@@ -123,9 +138,30 @@ class MediaSpool:
                     removed += 1
         return removed
 
-    def remove(self, name: str) -> None:
+    async def discard(self, name: str) -> None:
+        """Delete a spool file (gone already is fine)."""
+        await asyncio.to_thread(self._remove, name)
+
+    def _remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(name).unlink()
+
+
+def _open(path: Path, unlink: bool) -> BinaryIO:
+    handle = path.open("rb")
+    if unlink:
+        path.unlink()
+    return handle
+
+
+def _create(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
+async def _mapped(stream: AsyncIterator[bytes], fn: Callable[[bytes], bytes]
+                  ) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield fn(chunk)
 
 
 class AccountMedia:
@@ -167,7 +203,7 @@ class AccountMedia:
         upload = (await self.pending()).pop(mxc, None)
         if upload is not None:
             await self._save_pending()
-            self.spool.remove(upload.spool_name)
+            await self.spool.discard(upload.spool_name)
 
     async def expire(self, now_ms: int | None = None) -> int:
         """Forget uploads no event referred to in time; returns how many."""
@@ -284,7 +320,7 @@ class MediaService:
 
     async def expire_all(self, accounts: list[Account]) -> None:
         # An hour of slack past the lifetime, for clocks and uploads still being written.
-        self.spool.remove_older_than(self.upload_ttl_s + 3600)
+        await asyncio.to_thread(self.spool.remove_older_than, self.upload_ttl_s + 3600)
         for account in accounts:
             expired = await self.of(account).expire()
             if expired:

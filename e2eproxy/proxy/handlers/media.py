@@ -126,7 +126,7 @@ async def _hold(request: web.Request, account: Account, mxc: str | None, limit: 
         try:
             mxc, placeholder = await _reserve(request, account)
         except BaseException:
-            service.spool.remove(name)
+            await service.spool.discard(name)
             raise
     pending = PendingUpload(
         mxc=mxc,
@@ -204,6 +204,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     # /_matrix/client/v1/media/thumbnail/... or /_matrix/media/v3/thumbnail/...
     if "thumbnail" in request.path.split("/")[4:6] and known.thumbnail:
         known = await media.known(known.thumbnail) or known
+    if request.method == "HEAD":
+        return await _head_encrypted(request, known)
     return await _serve_encrypted(request, known)
 
 
@@ -216,18 +218,33 @@ async def _serve_encrypted(request: web.Request, known: KnownMedia) -> web.Strea
     name = spool.new_name()
     check = HashCheck(key)
     try:  # the spool file goes in every case, a download that failed half-way included
-        size = await _fetch_ciphertext(request, url, spool.path(name), check.update)
+        size = await _fetch_ciphertext(request, url, name, check.update)
         if not check.ok():
             raise HomeserverFailed(
                 "The file failed its integrity check (sha256); it was not served"
             )
         filename = request.match_info.get("filename") or known.filename
+        source = spool.read(name, key, unlink=True)
         return await _serve(
-            request, spool.read(name, key), size, known.mimetype or "application/octet-stream",
-            filename,
+            request, source, size, known.mimetype or "application/octet-stream", filename
         )
     finally:
-        spool.remove(name)
+        await spool.discard(name)
+
+
+async def _head_encrypted(request: web.Request, known: KnownMedia) -> web.StreamResponse:
+    """HEAD of an encrypted file: the headers a GET would have, from the server's answer
+    alone (AES-CTR keeps the length), its body never read. A file that fails its hash check
+    only shows on GET."""
+    try:
+        url, _key = parse_encrypted_file(known.file)
+    except AttachmentError as exc:
+        raise HomeserverFailed(f"Cannot decrypt this file: {exc}") from exc
+    async with _download(request, url) as response:
+        size = response.content_length
+    filename = request.match_info.get("filename") or known.filename
+    return await _serve(request, None, size, known.mimetype or "application/octet-stream",
+                        filename)
 
 
 async def copy_plain(request: web.Request, account: Account, known: KnownMedia) -> str:
@@ -241,7 +258,7 @@ async def copy_plain(request: web.Request, account: Account, known: KnownMedia) 
     name = service.spool.new_name()
     check = HashCheck(key)
     try:
-        size = await _fetch_ciphertext(request, url, service.spool.path(name), check.update)
+        size = await _fetch_ciphertext(request, url, name, check.update)
         if not check.ok():
             raise HomeserverFailed(
                 "The file failed its integrity check (sha256); nothing was sent"
@@ -255,7 +272,7 @@ async def copy_plain(request: web.Request, account: Account, known: KnownMedia) 
         )
         return await publish(request, account, copy, encrypted=False)
     finally:
-        service.spool.remove(name)
+        await service.spool.discard(name)
 
 
 @contextlib.asynccontextmanager
@@ -297,17 +314,19 @@ async def _download(
 
 
 async def _fetch_ciphertext(
-    request: web.Request, url: str, target: Any, on_chunk: Callable[[bytes], None]
+    request: web.Request, url: str, name: str, on_chunk: Callable[[bytes], None]
 ) -> int:
-    """Download the ciphertext to a file in the spool, hashing it on the way."""
-    size = 0
+    """Download the ciphertext to the new spool file `name`, hashing it on the way."""
+
+    async def hashed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            on_chunk(chunk)
+            yield chunk
+
     async with _download(request, url) as response:
-        with open(target, "wb") as handle:
-            async for chunk in response.content.iter_chunked(CHUNK):
-                on_chunk(chunk)
-                handle.write(chunk)
-                size += len(chunk)
-    return size
+        return await request.app[MEDIA].spool.store(
+            name, hashed(response.content.iter_chunked(CHUNK))
+        )
 
 
 async def copy_encrypted(request: web.Request, account: Account, mxc: str) -> KnownMedia:
@@ -330,7 +349,7 @@ async def copy_encrypted(request: web.Request, account: Account, mxc: str) -> Kn
         )
         final = await publish(request, account, copy, encrypted=True)
     finally:
-        service.spool.remove(name)
+        await service.spool.discard(name)
     return KnownMedia(copy.file_key.to_json(final), content_type.split(";")[0].strip())
 
 
@@ -342,8 +361,8 @@ def _json(body: bytes) -> Any:
 
 async def _serve(
     request: web.Request,
-    source: AsyncIterator[bytes],
-    size: int,
+    source: AsyncIterator[bytes] | None,
+    size: int | None,
     content_type: str,
     filename: str | None,
 ) -> web.StreamResponse:
@@ -357,7 +376,7 @@ async def _serve(
     response.headers["Content-Security-Policy"] = MEDIA_CSP
     response.headers["Cache-Control"] = "private, max-age=0"
     await response.prepare(request)
-    if request.method != "HEAD":  # aiohttp would put a streamed body on a HEAD answer
+    if source is not None and request.method != "HEAD":  # aiohttp would put a body on HEAD
         async for chunk in source:
             await response.write(chunk)
     await response.write_eof()

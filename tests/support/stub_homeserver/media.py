@@ -73,7 +73,7 @@ def _disposition(media: Media, filename: str | None) -> str:
     return f"{kind}; filename*=utf-8''{quote(name, safe='')}"
 
 
-async def _serve(request: web.Request, authenticated: bool) -> web.Response:
+async def _serve(request: web.Request, authenticated: bool) -> web.StreamResponse:
     if authenticated:
         session_of(request)
     stub = stub_of(request)
@@ -92,14 +92,24 @@ async def _serve(request: web.Request, authenticated: bool) -> web.Response:
                                    "plugin-types application/pdf; style-src 'unsafe-inline'; "
                                    "media-src 'self'; object-src 'self';",
     }
-    return web.Response(body=media.content, headers=headers)
+    if media.body_gate is None:
+        return web.Response(body=media.content, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = len(media.content)
+    await response.prepare(request)
+    await response.write(media.content[:1])
+    await media.body_gate.wait()
+    with contextlib.suppress(ConnectionResetError):  # the client took the headers and left
+        await response.write(media.content[1:])
+        await response.write_eof()
+    return response
 
 
-async def download_legacy(request: web.Request) -> web.Response:
+async def download_legacy(request: web.Request) -> web.StreamResponse:
     return await _serve(request, authenticated=False)
 
 
-async def download_authenticated(request: web.Request) -> web.Response:
+async def download_authenticated(request: web.Request) -> web.StreamResponse:
     return await _serve(request, authenticated=True)
 
 

@@ -22,6 +22,9 @@ class Media:
     content_type: str = "application/octet-stream"
     filename: str | None = None
     uploaded: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by a test: a download sends its headers and first byte, then waits for this before
+    # the rest (a client that only wanted the headers is seen not to wait for the body).
+    body_gate: asyncio.Event | None = None
 
     @property
     def mxc(self) -> str:
