@@ -30,6 +30,7 @@ class Api:
     async def call(
         self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
         *, data: bytes | None = None, headers: dict[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, Any]:
         """``path`` is relative to ``/_matrix/client/v3`` unless it starts with ``/_matrix``."""
         url = self.base_url + (path if path.startswith("/_matrix") else V3 + path)
@@ -37,7 +38,8 @@ class Api:
         if self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
         async with self.http.request(
-            method, url, json=body, params=params, data=data, headers=all_headers
+            method, url, json=body, params=params, data=data, headers=all_headers,
+            **({"timeout": timeout} if timeout is not None else {}),
         ) as resp:
             if resp.content_type == "application/json":
                 return resp.status, await resp.json()

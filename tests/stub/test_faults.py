@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support.stub_homeserver import StubHomeserver
+from tests.support.stub_homeserver import StubHomeserver, running_stub
+from tests.support.timing import until
 
 from .conftest import Api, Login
 
@@ -78,3 +82,47 @@ async def test_requests_are_recorded(login: Login, stub: StubHomeserver) -> None
     assert recorded.headers["Authorization"] == f"Bearer {alice.token}"
     logins = stub.requests_to(r"/login$", "POST")
     assert logins[0].json["identifier"]["user"] == "alice"
+
+
+async def test_query_regex_narrows_a_fault_to_matching_query_strings(
+    login: Login, stub: StubHomeserver
+) -> None:
+    alice = await login("alice")
+    background = stub.faults.add(r"/sync$", status=500, query_regex=r"set_presence=offline")
+    assert (await alice.call("GET", "/sync", params={"timeout": "0"}))[0] == 200
+    status, _ = await alice.call("GET", "/sync", params={"set_presence": "offline"})
+    assert status == 500 and background.hits == 1
+
+
+async def test_a_delayed_request_ends_when_the_stub_shuts_down(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A held request (a long delay) does not keep the stub from stopping: it is answered
+    503 at shutdown instead of after its delay, as a long-polling /sync is released."""
+    async with running_stub() as served:
+        served.faults.add(r"/versions", delay=600)
+        url = f"{served.base_url}/_matrix/client/versions"
+        pending = asyncio.ensure_future(session.get(url))
+        await until("the held request to reach the stub", _async(lambda: served.requests))
+    response = await pending
+    assert response.status == 503
+    assert (await response.json())["error"] == "The server is shutting down"
+    response.release()
+
+
+def _async(probe: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
+        return probe()
+
+    return run
+
+
+async def test_a_late_answer_comes_after_the_work_is_done(
+    login: Login, stub: StubHomeserver
+) -> None:
+    """`late`: the server does the work at once and answers after the client gave up."""
+    alice = await login("alice")
+    stub.faults.add(r"/createRoom", method="POST", late=30, times=1)
+    with pytest.raises(TimeoutError):
+        await alice.call("POST", "/createRoom", {}, timeout=aiohttp.ClientTimeout(total=0.2))
+    assert len(stub.rooms.rooms) == 1

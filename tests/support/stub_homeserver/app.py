@@ -52,17 +52,23 @@ async def form_arguments(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
-    fault = stub_of(request).faults.take(request.method, request.path)
+    stub = stub_of(request)
+    fault = stub.faults.take(request.method, request.path, request.query_string)
     if fault is None:
         return await handler(request)
-    if fault.delay:
-        await asyncio.sleep(fault.delay)
+    if fault.delay and not await stub.stream.sleep(fault.delay):
+        # Shutting down: a held request ends now (as a long-poll does), so the stub stops
+        # without waiting out its shutdown timeout.
+        return error_response(503, "M_UNKNOWN", "The server is shutting down")
     if fault.drop:
         if request.transport is not None:
             request.transport.close()
         raise asyncio.CancelledError()
     if fault.status is None:
-        return await handler(request)
+        response = await handler(request)
+        if fault.late:
+            await stub.stream.sleep(fault.late)
+        return response
     body = fault.error_body()
     headers = {}
     if fault.status == 429 and "retry_after_ms" in body:
@@ -86,6 +92,8 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error_response(413, "M_TOO_LARGE", "Request body too large")
     except web.HTTPException as exc:
         return error_response(exc.status, "M_UNKNOWN", exc.reason)
+    except ConnectionResetError:
+        raise  # the client went away mid-body (it timed out): nothing wrong with the stub
     except Exception as exc:
         log.exception("stub homeserver: unhandled error in %s %s", request.method, request.path)
         stub_of(request).internal_errors.append(exc)

@@ -18,8 +18,13 @@ _DEFAULT_ERRCODES = {
 class Fault:
     """One injected fault. ``times=None`` means forever; ``hits`` counts how often it fired.
 
-    The fault sleeps ``delay`` seconds first, then drops the connection (``drop``), or
-    answers ``status`` with Matrix error JSON, or, with neither, lets the request through.
+    The fault sleeps ``delay`` seconds first (less if the stub shuts down meanwhile), then
+    drops the connection (``drop``), or answers ``status`` with Matrix error JSON, or, with
+    neither, lets the request through. ``late``: the request is handled at once but its answer
+    held back that many seconds (a server that did the work and answers after the client gave
+    up). ``query_regex`` narrows it to requests whose raw query
+    string matches (``re.search``): e.g. the proxy's background /sync, which alone asks for
+    ``set_presence=offline``, apart from its client's.
     """
 
     path_regex: str
@@ -32,11 +37,15 @@ class Fault:
     delay: float = 0.0
     drop: bool = False
     times: int | None = None
+    query_regex: str | None = None
+    late: float = 0.0
     hits: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
+    _query: re.Pattern[str] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._pattern = re.compile(self.path_regex)
+        self._query = None if self.query_regex is None else re.compile(self.query_regex)
         if self.method is not None:
             self.method = self.method.upper()
 
@@ -44,8 +53,10 @@ class Fault:
     def exhausted(self) -> bool:
         return self.times is not None and self.hits >= self.times
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, query: str = "") -> bool:
         if self.exhausted or (self.method is not None and self.method != method.upper()):
+            return False
+        if self._query is not None and self._query.search(query) is None:
             return False
         return self._pattern.search(path) is not None
 
@@ -73,12 +84,15 @@ class FaultRegistry:
         errcode: str | None = None, error: str | None = None,
         retry_after_ms: int | None = None, body: JsonDict | None = None,
         delay: float = 0.0, drop: bool = False, times: int | None = None,
+        query_regex: str | None = None, late: float = 0.0,
     ) -> Fault:
-        """Add a fault for requests whose path matches ``path_regex`` (``re.search``)."""
+        """Add a fault for requests whose path matches ``path_regex`` (``re.search``), and
+        whose query string matches ``query_regex`` when one is given."""
         if status is None and retry_after_ms is not None:
             status = 429
         fault = Fault(
-            path_regex, method, status, errcode, error, retry_after_ms, body, delay, drop, times
+            path_regex, method, status, errcode, error, retry_after_ms, body, delay, drop, times,
+            query_regex, late,
         )
         self.faults.append(fault)
         return fault
@@ -89,10 +103,10 @@ class FaultRegistry:
     def clear(self) -> None:
         self.faults.clear()
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, query: str = "") -> Fault | None:
         """Find the first live fault for this request and count a hit on it."""
         for fault in self.faults:
-            if fault.matches(method, path):
+            if fault.matches(method, path, query):
                 fault.hits += 1
                 return fault
         return None

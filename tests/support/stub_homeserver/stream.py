@@ -17,6 +17,7 @@ class Stream:
     def __init__(self) -> None:
         self.position = 0
         self._changed = asyncio.Event()
+        self._closed = asyncio.Event()
         self.closing = False
 
     def advance(self) -> int:
@@ -37,8 +38,15 @@ class Stream:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False if the server began shutting down first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), seconds)
+        return not self.closing
+
     def close(self) -> None:
         self.closing = True
+        self._closed.set()
         self.notify()
 
     def token(self, position: int | None = None) -> str:
