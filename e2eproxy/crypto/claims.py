@@ -33,20 +33,25 @@ class OlmClaimer:
     def is_claiming(self, key: DeviceKey) -> bool:
         return any(key in batch for batch in self._in_flight.values())
 
-    def can_claim(self, device: DeviceRecord) -> bool:
+    def can_claim(self, device: DeviceRecord, *, sharing: bool = False) -> bool:
+        """Not being claimed, and not backed off. ``sharing``: for a room key share, which
+        asks again after a failed claim request (see ``DeviceTracker.request_failures``)."""
         key = (device.user_id, device.device_id)
         now = self._clock.now_ms()
+        server = server_of(key[0])
         return not (
             self.is_claiming(key)
             or self.failures.is_failing(f"{key[0]}|{key[1]}", now)
-            or self._devices.server_failures.is_failing(server_of(key[0]), now)
+            or self._devices.server_failures.is_failing(server, now)
+            or (not sharing and self._devices.request_failures.is_failing(server, now))
         )
 
-    def claim_request(self, devices: list[DeviceRecord]) -> OutgoingRequest | None:
+    def claim_request(self, devices: list[DeviceRecord], *, sharing: bool = False
+                      ) -> OutgoingRequest | None:
         wanted: dict[str, list[str]] = {}
         keys: list[DeviceKey] = []
         for device in devices:
-            if self.can_claim(device):
+            if self.can_claim(device, sharing=sharing):
                 wanted.setdefault(device.user_id, []).append(device.device_id)
                 keys.append((device.user_id, device.device_id))
         if not keys:
@@ -90,6 +95,8 @@ class OlmClaimer:
         failed_servers = set(failures) if isinstance(failures, dict) else set()
         for server in failed_servers:
             self._devices.server_failures.failed(server, now)
+        for server in {server_of(user) for user, _device in batch} - failed_servers:
+            self._devices.request_failures.succeeded(server)
         for user, device_id in batch:
             device = self._devices.get(user, device_id)
             if device is None or server_of(user) in failed_servers:
@@ -105,6 +112,7 @@ class OlmClaimer:
 
     def failed(self, request_id: str) -> None:
         now = self._clock.now_ms()
-        # Once per server: a batch of many devices is one failure, not one per device.
+        # Once per server: a batch of many devices is one failure, not one per device. The
+        # request failed, not those servers: a share claims again (request_failures).
         for server in {server_of(user) for user, _device in self._in_flight.pop(request_id, [])}:
-            self._devices.server_failures.failed(server, now)
+            self._devices.request_failures.failed(server, now)

@@ -58,7 +58,13 @@ class DeviceTracker:
         self._sent_order: dict[str, int] = {}
         self._applied_order: dict[UserId, int] = {}
         self.queried: set[UserId] = set()
+        # Servers the homeserver named in an answer's `failures` (federation): backed off
+        # everywhere, a share included, so one dead server does not stop every send.
         self.server_failures = FailuresCache()
+        # Servers whose users' query failed as a whole (our homeserver's error, a timeout):
+        # only the background's queries back off; a share asks again, and fails if it fails,
+        # rather than share with devices it never learnt (matrix-rust-sdk does the same).
+        self.request_failures = FailuresCache()
 
     # -- loading -------------------------------------------------------------------------
     def load(self, users: list[TrackedUserRecord], devices: list[DeviceRecord]) -> None:
@@ -128,6 +134,7 @@ class DeviceTracker:
             for user, record in self.users.items()
             if record.dirty and user not in busy
             and not self.server_failures.is_failing(server_of(user), now_ms)
+            and not self.request_failures.is_failing(server_of(user), now_ms)
         ]
 
     def query_sent(self, request_id: str, users: list[UserId]) -> None:
@@ -144,7 +151,7 @@ class DeviceTracker:
         batch = self._in_flight.pop(request_id, {})
         self._sent_order.pop(request_id, None)
         for server in {server_of(u) for u in batch}:
-            self.server_failures.failed(server, now_ms)
+            self.request_failures.failed(server, now_ms)
 
     # -- answers -------------------------------------------------------------------------
     def receive_query(self, request_id: str, response: Any, now_ms: int) -> DeviceUpdate:
@@ -164,6 +171,7 @@ class DeviceTracker:
             if server_of(user) in failed_servers or user not in answered:
                 continue
             self.server_failures.succeeded(server_of(user))
+            self.request_failures.succeeded(server_of(user))
             if order < self._applied_order.get(user, 0):
                 logger.debug("ignoring an older /keys/query answer for %s", user)
                 continue  # a later query's answer is already applied: this one is older news

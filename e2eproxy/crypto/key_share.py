@@ -83,7 +83,7 @@ class KeySharer:
             return [self._queue.add(request, in_flight=True)]
         recipients = self._collect(users)
         missing = [d for d in recipients.share if not self._olm.has_session(device_curve25519(d))]
-        claim = self._claimer.claim_request(missing)
+        claim = self._claimer.claim_request(missing, sharing=True)
         if claim is not None:
             return [self._queue.add(claim, in_flight=True)]
         record = self._session_for(room_id, settings, set(users), recipients.share)

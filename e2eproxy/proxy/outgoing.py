@@ -127,7 +127,9 @@ async def share_room_key(
     """Run the query -> claim -> to-device steps until the room key reached every device.
 
     Call with the room lock held. A failed to-device batch makes the engine drop the session, so
-    nobody is left holding a key others lack; the caller gets a Matrix error to pass on.
+    nobody is left holding a key others lack; a failed query or claim would leave devices out of
+    the share (a member whose devices we never learnt, a device with no Olm session), so it
+    fails the share as well. Either way the caller gets a Matrix error to pass on.
     """
     for _ in range(SHARE_STEPS):
         async with account.step() as step:
@@ -138,6 +140,11 @@ async def share_room_key(
         results = await asyncio.gather(
             *(send_engine_request(upstream, account, r) for r in requests)
         )
+        if key_steps and not all(results):
+            raise HomeserverFailed(
+                "Could not fetch the keys of the room members' devices; nothing was sent. "
+                "Try again.",
+            )
         if not key_steps:
             if not all(results):
                 raise HomeserverFailed(

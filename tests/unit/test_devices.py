@@ -131,9 +131,35 @@ def test_failing_server_backs_off_15s_doubling_to_15min() -> None:
     assert tracker.users_to_query(15_999) == []
     assert tracker.users_to_query(16_000) == [BOB]
     tracker.query_sent("q2", [BOB])
-    tracker.query_failed("q2", 16_000)
+    tracker.receive_query("q2", {"failures": {"test": {}}, "device_keys": {}}, 16_000)
     assert tracker.users_to_query(16_000 + 29_999) == []
     assert tracker.users_to_query(16_000 + 30_000) == [BOB]
+
+
+def test_a_failed_query_request_backs_off_the_background_not_a_share() -> None:
+    """The request failing as a whole (our homeserver's 5xx, a timeout) says nothing about
+    Bob's server: the background's queries back off, but a room key share asks again (and
+    its sender fails the send if it fails again) instead of sharing with no device of his."""
+    server, (alice, bob) = make_clients("alice", "bob")
+    server.create_room(ROOM, alice.user_id, [bob.user_id])
+    alice.sync()
+    (query,) = alice.machine.share_room_key(ROOM, [alice.user_id, bob.user_id])
+    assert query.kind is RequestKind.KEYS_QUERY and bob.user_id in query.body["device_keys"]
+    alice.machine.mark_request_as_failed(query.id, {"errcode": "M_UNKNOWN"})
+    alice.machine.receive_sync({"device_lists": {"changed": [bob.user_id]}})
+    assert _queries(alice) == []  # the background waits
+    (again,) = alice.machine.share_room_key(ROOM, [alice.user_id, bob.user_id])
+    assert again.kind is RequestKind.KEYS_QUERY and bob.user_id in again.body["device_keys"]
+    alice.answer(again)
+    (claim,) = alice.machine.share_room_key(ROOM, [alice.user_id, bob.user_id])
+    assert claim.kind is RequestKind.KEYS_CLAIM
+    alice.machine.mark_request_as_failed(claim.id, {"errcode": "M_UNKNOWN"})
+    (claim,) = alice.machine.share_room_key(ROOM, [alice.user_id, bob.user_id])
+    assert claim.kind is RequestKind.KEYS_CLAIM  # not m.no_olm for Bob's device
+    alice.answer(claim)
+    to_device = alice.machine.share_room_key(ROOM, [alice.user_id, bob.user_id])
+    assert [r.kind for r in to_device] == [RequestKind.TO_DEVICE]
+    assert bob.user_id in to_device[0].body["messages"]
 
 
 def test_device_lists_left_untracks() -> None:
