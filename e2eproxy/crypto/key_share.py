@@ -87,7 +87,11 @@ class KeySharer:
         if claim is not None:
             return [self._queue.add(claim, in_flight=True)]
         record = self._session_for(room_id, settings, set(users), recipients.share)
-        return self._to_device(record, recipients)
+        # Shares of this session saved but never sent (the engine was restored after a crash,
+        # or rebuilt after a failed commit): sent now as they were, so encrypt need not wait
+        # for the background to get round to them.
+        unsent = self._queue.take(record.pending_requests)
+        return unsent + self._to_device(record, recipients)
 
     def _collect(self, users: list[UserId]) -> Recipients:
         result = Recipients()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from e2eproxy.crypto.changes import ChangeLog
 from e2eproxy.protocol.api import OutgoingRequest
 
@@ -30,6 +32,13 @@ class RequestQueue:
         unsent = [r for r in self._pending.values() if r.id not in self._in_flight]
         self._in_flight.update(r.id for r in unsent)
         return unsent
+
+    def take(self, request_ids: Iterable[str]) -> list[OutgoingRequest]:
+        """Those of ``request_ids`` that wait and were not handed out yet, handed out now."""
+        found = [self._pending[i] for i in sorted(request_ids)
+                 if i in self._pending and i not in self._in_flight]
+        self._in_flight.update(r.id for r in found)
+        return found
 
     def pop(self, request_id: str) -> OutgoingRequest | None:
         request = self._pending.pop(request_id, None)

@@ -12,7 +12,9 @@ before the lock is released, and wakes the outgoing loop so what the engine want
 (matrix-rust-sdk's shape: call the machine, then ``outgoing_requests``/``mark_request_as_sent``).
 Nothing derived from a step leaves the process before the step has committed (ARCHITECTURE.md,
 rules 2-3). A block that raises commits nothing; the engine's pending changes go with the next
-step.
+step. A commit that fails leaves the engine ahead of the store: before the next step it is
+rebuilt from the store (``reload``), as if the failed step had never run; whatever it took in
+(a sync's room keys) comes again, since nothing was acknowledged.
 
 Lock order, outermost first; a lock is never taken while holding one listed after it:
 
@@ -27,13 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.store import AccountKey, Store
 from e2eproxy.timing import SystemTimer, Timer
+
+log = logging.getLogger(__name__)
 
 # A member list fetched from the server is trusted this long unless a membership event or a
 # membership request through the proxy makes it stale first.
@@ -97,6 +102,10 @@ class Account:
     backup_work: asyncio.Event = field(default_factory=asyncio.Event)
     # Run-time state of features that keep some per account (e.g. "backup": restore progress).
     extras: dict[str, Any] = field(default_factory=dict)
+    # Builds the engine afresh from the store (set by the registry); None: never rebuilt.
+    reload: Callable[[], Awaitable[OlmMachine]] | None = None
+    # A commit failed after the engine had moved on: rebuild it before its next step.
+    engine_ahead: bool = False
 
     def __post_init__(self) -> None:
         self.token_valid.set()
@@ -138,14 +147,38 @@ class Account:
         """The one way to drive the engine (see the module docstring): lock, the block's engine
         calls, commit; then, with ``wake``, the outgoing loop sends what the engine queued."""
         async with self.lock:
+            if self.engine_ahead:
+                await self._rebuild()
             step = Step(self.machine)
             yield step
             changes = self.machine.take_changes()
             if not changes.is_empty() or step.sync_tokens or step.txns:
-                await self.store.save(self.key, changes, sync_tokens=step.sync_tokens or None,
-                                      txns=step.txns or None)
+                try:
+                    await self.store.save(self.key, changes,
+                                          sync_tokens=step.sync_tokens or None,
+                                          txns=step.txns or None)
+                except BaseException as exc:
+                    # Kept as it is, the engine would act on what the store lost (a room key
+                    # it would never save, a to-device event it would skip as seen when the
+                    # sync comes again, requests it thinks are being sent): rebuilt now, or
+                    # (the store still failing, or this task cancelled) before the next step.
+                    self.engine_ahead = self.reload is not None
+                    if self.engine_ahead and isinstance(exc, Exception):
+                        with contextlib.suppress(Exception):
+                            await self._rebuild()
+                    raise
         if wake:
             self.wake_outgoing.set()
+
+    async def _rebuild(self) -> None:
+        assert self.reload is not None
+        self.machine = await self.reload()
+        # Not waking the outgoing loop: the room key shares it saved are the next share's
+        # to send (sent by the loop meanwhile, they would keep that share waiting), the rest
+        # goes with the loop's next round.
+        self.engine_ahead = False
+        log.warning("Rebuilt the engine of %s from the store after a failed commit",
+                    self.device_id)
 
     async def notify_keys(self) -> None:
         async with self.keys_arrived:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from e2eproxy.config import DEFAULT_MAX_ACCOUNTS
+from e2eproxy.crypto.changes import EngineSnapshot
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
-from e2eproxy.errors import HomeserverFailed, MatrixError, StoreLocked, UpstreamError
+from e2eproxy.errors import HomeserverFailed, MatrixError, StoreError, StoreLocked, UpstreamError
 from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
 from e2eproxy.proxy.lease_keeper import keep_leases
 from e2eproxy.proxy.upstream import Upstream
@@ -146,14 +147,25 @@ class AccountRegistry:
         if snapshot is None:  # logged out meanwhile
             await self.store.release_lease(key)
             return None
+        return self._activate(key, self._machine_of(key, snapshot), token)
+
+    def _machine_of(self, key: AccountKey, snapshot: EngineSnapshot) -> OlmMachine:
         machine = OlmMachine.restore(key.user_id, key.device_id, self.timer, snapshot)
-        return self._activate(key, machine, token)
+        machine.set_sharing_strategy(self.strategy)
+        return machine
+
+    async def _reload(self, key: AccountKey) -> OlmMachine:
+        """The engine of `key` as the store holds it (after a failed commit)."""
+        snapshot = await self.store.load_snapshot(key)
+        if snapshot is None:
+            raise StoreError(f"the store no longer holds {key.user_id} {key.device_id}")
+        return self._machine_of(key, snapshot)
 
     def _activate(self, key: AccountKey, machine: OlmMachine, token: str) -> Account:
-        machine.set_sharing_strategy(self.strategy)
         account = Account(
             key=key, machine=machine, store=self.store, access_token=token,
             homeserver=self.homeserver, timer=self.timer,
+            reload=lambda: self._reload(key),
         )
         self.accounts[key] = account
         start_worker(self.upstream, account)
@@ -165,6 +177,7 @@ class AccountRegistry:
         account = Account(
             key=key, machine=machine, store=self.store, access_token=token,
             homeserver=self.homeserver, timer=self.timer,
+            reload=lambda: self._reload(key),
         )
         # The identity is saved before its keys are uploaded: keys uploaded and then lost
         # would brick the device id for good.

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from e2eproxy.config import Config, EncryptionConfig, ServerConfig, StoreConfig
 from e2eproxy.proxy.app import create_app
 from e2eproxy.store import MemoryStore, Store
+from e2eproxy.timing import Timer
 from tests.support.plain_client import PlainClient, login_all
 from tests.support.processes import ProxyProcess, running_proxy
 from tests.support.stub_homeserver import StubHomeserver
@@ -49,15 +50,17 @@ StartE2EEProxy = Callable[..., Awaitable[RunningProxy]]
 
 @pytest.fixture
 async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartE2EEProxy]:
-    """`await start_e2ee_proxy(store=..., encryption=EncryptionConfig(...), **server_overrides)`
-    serves create_app on an ephemeral port; without `store`, a fresh MemoryStore. Its data dir
-    (the media spool) is tmp_path/proxy, never the developer's, and no keyring is used."""
+    """`await start_e2ee_proxy(store=..., encryption=EncryptionConfig(...), timer=...,
+    **server_overrides)` serves create_app on an ephemeral port; without `store`, a fresh
+    MemoryStore; without `timer`, real time. Its data dir (the media spool) is tmp_path/proxy,
+    never the developer's, and no keyring is used."""
     started: list[RunningProxy] = []
 
     async def start(
         *,
         store: Store | None = None,
         encryption: EncryptionConfig | None = None,
+        timer: Timer | None = None,
         **overrides: Any,
     ) -> RunningProxy:
         assert stub.base_url is not None
@@ -68,7 +71,9 @@ async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterato
             store=StoreConfig(data_dir=tmp_path / "proxy", use_keyring=False),
         )
         used = store if store is not None else MemoryStore()
-        test_server = TestServer(create_app(server, config, store=used), host="127.0.0.1")
+        test_server = TestServer(
+            create_app(server, config, store=used, timer=timer), host="127.0.0.1"
+        )
         await test_server.start_server()
         running = RunningProxy(str(test_server.make_url("")).rstrip("/"), used, test_server)
         started.append(running)

@@ -1,11 +1,13 @@
 """Time in tests. `ManualTimer`, a timer the test moves: `sleep` waits until `advance` passes its
 deadline, so the shell's retries, backoffs, caches and lease renewals run in test time, with no
-real waiting and no loop spinning on a sleep that returns at once. `until`, a bounded wait in real
+real waiting and no loop spinning on a sleep that returns at once. `ScaledTimer`, real time whose
+sleeps are shortened, for tests that let the shell run by itself. `until`, a bounded wait in real
 time for something another process (or task) does."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -51,6 +53,26 @@ class ManualTimer:
             if loop.time() > end:
                 raise AssertionError(f"{count} sleeps never started; slept so far: {self.slept}")
             await asyncio.sleep(0.005)
+
+
+class ScaledTimer:
+    """The wall clock, but every sleep lasts `scale` times what was asked (and is recorded):
+    retries and backoffs keep their order and happen quickly, and a test reads what the shell
+    asked for (e.g. a 429's retry_after_ms) in `slept`."""
+
+    def __init__(self, scale: float = 0.01) -> None:
+        self.scale = scale
+        self.slept: list[float] = []
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.sleep(max(0.0, seconds) * self.scale)
 
 
 async def until(

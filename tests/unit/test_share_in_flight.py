@@ -46,3 +46,31 @@ def test_share_requeries_a_member_whose_device_list_changed() -> None:
     shared_to = alice.share(ROOM)
     recipients = {d for r in shared_to for d in r.body.get("messages", {}).get(bob.user_id, {})}
     assert "BOBNEW" in recipients
+
+
+def test_a_share_saved_but_never_sent_is_sent_by_the_next_share() -> None:
+    """The engine was rebuilt from the store (a restart, or a failed commit rolled back)
+    between a share's to-device step and its send: the next share hands out the same saved
+    requests at once, so the send that asks for it need not wait for the background."""
+    from tests.support.machine_pair import make_room
+
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
+    members = [alice.user_id, bob.user_id]
+    for _ in range(3):  # query and claim; the to-device step comes back unsent
+        requests = alice.machine.share_room_key(ROOM, members)
+        alice.persist()
+        if all(r.kind is RequestKind.TO_DEVICE for r in requests):
+            break
+        for request in requests:
+            alice.answer(request)
+    saved = [r.id for r in requests]
+    assert saved
+    alice.restart()
+    again = alice.machine.share_room_key(ROOM, members)
+    assert [r.id for r in again] == saved
+    for request in again:
+        alice.answer(request)
+    event = server.post_event(ROOM, alice.user_id,
+                              alice.machine.encrypt(ROOM, "m.room.message", {"body": "x"}))
+    bob.tick()
+    assert bob.read(ROOM, event) == "x"
