@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from e2eproxy.protocol import sliding
-from e2eproxy.proxy.handlers import login, media, send, sliding_sync, sync, timeline
+from e2eproxy.proxy.handlers import login, media, search, send, sliding_sync, sync, timeline
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.handlers.wellknown import well_known_client
 
@@ -72,7 +72,7 @@ def add_routes(app: web.Application) -> None:
         _add(router, "GET", relations + suffix, CLIENT, timeline.relations)
     _add(router, "GET", room + "/threads", CLIENT, timeline.threads)
     _add(router, "GET", client + "/notifications", CLIENT, timeline.notifications)
-    _add(router, "POST", client + "/search", CLIENT, timeline.search)
+    _add(router, "POST", client + "/search", CLIENT, search.search)
     # Fail closed: any other shape of send (another prefix, method or nesting) is refused rather
     # than forwarded, since forwarding would put plaintext into a room that may be encrypted.
     router.add_route("*", r"/_matrix/client/{prefix:.+}/rooms/{room:[^/]*}/send{rest:(/.*)?}",

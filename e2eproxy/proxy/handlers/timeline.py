@@ -1,5 +1,5 @@
-"""History and single events: /messages, /context, /event, /relations, /threads,
-/notifications and /search come back with their encrypted events decrypted."""
+"""History and single events: /messages, /context, /event, /relations, /threads and
+/notifications come back with their encrypted events decrypted (/search: see ``search``)."""
 
 from __future__ import annotations
 
@@ -100,4 +100,3 @@ event = decrypting(_in_room(rewrite.event_slots))
 relations = decrypting(_in_room(rewrite.chunk_slots), ("chunk",), _relations_by_type)
 threads = decrypting(_in_room(rewrite.chunk_slots))
 notifications = decrypting(_anywhere(rewrite.notification_slots))
-search = decrypting(_anywhere(rewrite.search_slots))

@@ -1,4 +1,4 @@
-"""Room reads: state, members, /messages, /context, /event, /relations, /joined_rooms.
+"""Room reads: state, members, /messages, /context, /event, /relations, /joined_rooms, /search.
 
 Pagination tokens are stream positions (``s<N>``); a member who left reads up to their leave.
 """
@@ -10,7 +10,7 @@ import json
 from aiohttp import web
 
 from .common import JsonDict, client_routes, int_param, ok, session_of, stub_of
-from .errors import bad_json, invalid_param, not_found
+from .errors import bad_json, bad_json_field, invalid_param, not_found
 from .filters import EventFilter
 from .roomstore import Room, StoredEvent
 from .stream import parse_token
@@ -216,6 +216,37 @@ async def joined_rooms(request: web.Request) -> web.Response:
     return ok({"joined_rooms": stub_of(request).rooms.joined_rooms(session.user_id)})
 
 
+async def search(request: web.Request) -> web.Response:
+    """Server-side search as Synapse does it: the term matched against the ``body`` of the
+    (plaintext) messages of the rooms the user is in, or of ``filter.rooms`` among them."""
+    session = session_of(request)
+    stub = stub_of(request)
+    try:
+        body = json.loads(await request.read())
+        criteria = body["search_categories"]["room_events"]
+        term = criteria["search_term"]
+    except (ValueError, KeyError, TypeError):
+        raise bad_json_field("search_categories.room_events.search_term is required") from None
+    flt = criteria.get("filter") or {}
+    rooms = stub.rooms.joined_rooms(session.user_id)
+    if isinstance(flt.get("rooms"), list):
+        rooms = [r for r in rooms if r in flt["rooms"]]
+    rooms = [r for r in rooms if r not in (flt.get("not_rooms") or [])]
+    results = []
+    for room_id in rooms:
+        room = stub.room(room_id)
+        for ev in room.events_between(-1, room.visible_until(session.user_id)):
+            text = ev.content.get("body")
+            if ev.type == "m.room.message" and isinstance(text, str) and term.lower() in (
+                text.lower()
+            ):
+                results.append({"rank": 1.0,
+                                "result": ev.for_client(session.user_id, session.device_id)})
+    return ok({"search_categories": {"room_events": {
+        "results": results, "count": len(results), "highlights": [term],
+    }}})
+
+
 def routes() -> list[web.RouteDef]:
     rel = "/rooms/{room_id}/relations/{event_id}"
     return client_routes([
@@ -226,6 +257,7 @@ def routes() -> list[web.RouteDef]:
         ("GET", "/rooms/{room_id}/context/{event_id}", context),
         ("GET", "/rooms/{room_id}/event/{event_id}", event),
         ("GET", "/joined_rooms", joined_rooms),
+        ("POST", "/search", search),
     ]) + client_routes([
         ("GET", rel, relations),
         ("GET", rel + "/{rel_type}", relations),
