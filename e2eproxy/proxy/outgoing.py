@@ -27,6 +27,21 @@ MAX_RETRY_DELAY_S = 10.0
 SHARE_STEPS = 6
 
 
+def retry_wait(status: int, data: Any, backoff: float) -> float:
+    """Seconds to wait before trying again after `status`: the `retry_after_ms` of a 429 that
+    has one, else `backoff`; never more than MAX_RETRY_DELAY_S."""
+    wait = backoff
+    if status == 429 and isinstance(data, dict):
+        retry_ms = data.get("retry_after_ms")
+        if isinstance(retry_ms, int) and retry_ms >= 0:
+            wait = retry_ms / 1000
+    return min(wait, MAX_RETRY_DELAY_S)
+
+
+def jittered(backoff: float) -> float:
+    return backoff * (1 + random.random() / 2)
+
+
 async def call(
     upstream: Upstream,
     account: Account,
@@ -50,18 +65,13 @@ async def call(
         except UpstreamError:
             if last:
                 raise
-            await account.timer.sleep(delay * (1 + random.random() / 2))
+            await account.timer.sleep(jittered(delay))
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
             continue
         if token_refused(status, data):
             account.token_valid.clear()
         if (status == 429 or status >= 500) and not last:
-            wait = delay
-            if status == 429 and isinstance(data, dict):
-                retry_ms = data.get("retry_after_ms")
-                if isinstance(retry_ms, int) and retry_ms >= 0:
-                    wait = retry_ms / 1000
-            await account.timer.sleep(min(wait, MAX_RETRY_DELAY_S))
+            await account.timer.sleep(retry_wait(status, data, delay))
             delay = min(delay * 2, MAX_RETRY_DELAY_S)
             continue
         return status, data

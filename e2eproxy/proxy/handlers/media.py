@@ -41,7 +41,7 @@ from e2eproxy.proxy.handlers.common import (
 from e2eproxy.proxy.handlers.passthrough import passthrough
 from e2eproxy.proxy.handlers.upload_limits import check_size, upload_limit, within
 from e2eproxy.proxy.media import CHUNK, KnownMedia, PendingUpload, _b64
-from e2eproxy.proxy.outgoing import call
+from e2eproxy.proxy.outgoing import MAX_RETRY_DELAY_S, call, jittered, retry_wait
 from e2eproxy.proxy.registry import token_of
 
 UPLOAD_ATTEMPTS = 3
@@ -160,22 +160,40 @@ async def publish(
         "Content-Type": "application/octet-stream" if encrypted else pending.content_type,
         "Content-Length": str(pending.size),
     }
+    backoff = 0.5
     for attempt in range(UPLOAD_ATTEMPTS):
+        last = attempt == UPLOAD_ATTEMPTS - 1
         body = service.spool.read(pending.spool_name, None if encrypted else pending.file_key)
         try:
             async with request.app[UPSTREAM].open(method, path, headers, body) as response:
                 status = response.status
                 data = _json(await response.read())
         except UpstreamError:
-            if attempt == UPLOAD_ATTEMPTS - 1:
+            if last:
                 raise
+            await account.timer.sleep(jittered(backoff))
+            backoff = min(backoff * 2, MAX_RETRY_DELAY_S)
             continue
         if status == 200:
             uri = data.get("content_uri") if isinstance(data, dict) else None
             return uri if pending.placeholder and isinstance(uri, str) else pending.mxc
-        if status < 500 and status != 429:
+        if _already_there(pending, status, data):
+            # Only this user can write into the id it reserved, and we only ever write these
+            # bytes there: an earlier try (this send's, or a failed send's) got them in, and
+            # its answer was lost on the way back.
+            return pending.mxc
+        if (status < 500 and status != 429) or last:
             break
+        await account.timer.sleep(retry_wait(status, data, backoff))
+        backoff = min(backoff * 2, MAX_RETRY_DELAY_S)
     raise homeserver_error(status, data, "The homeserver refused the file; nothing was sent")
+
+
+def _already_there(pending: PendingUpload, status: int, data: Any) -> bool:
+    return (
+        not pending.placeholder and status == 409 and isinstance(data, dict)
+        and data.get("errcode") == Errcode.CANNOT_OVERWRITE_MEDIA
+    )
 
 
 async def download(request: web.Request) -> web.StreamResponse:
