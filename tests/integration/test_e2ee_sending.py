@@ -14,6 +14,7 @@ from e2eproxy.config import EncryptionConfig
 from tests.integration.conftest import StartE2EEProxy, proxied
 from tests.support.plain_client import (
     PlainClient,
+    direct,
     encrypted_room_of,
     get_media,
     stub_media,
@@ -67,6 +68,34 @@ async def test_a_404_that_is_not_the_servers_no_such_state_is_doubt_not_plain(
     status, body = await alice.send_raw(room_id, {"msgtype": "m.text", "body": "secret"})
     assert status >= 400, body
     assert sent_events(stub, room_id) == []
+
+
+async def test_the_homeserver_cannot_turn_encryption_off_once_the_proxy_knows_it(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    """Once a room is known to be encrypted, a server that says it is not (its own 404 for
+    the state event), or that changes it to an algorithm the proxy lacks, gets no plaintext:
+    not from this proxy, nor from a new one on the same store."""
+    proxy, (alice, bob) = await proxied(stub, session, start_e2ee_proxy, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    await alice.send_text(room_id, "while the server still says so")
+    stub.faults.add(r"/state/m\.room\.encryption", method="GET", status=404,
+                    errcode="M_NOT_FOUND")
+    await alice.send_text(room_id, "after the server says the room is plain")
+    again = await start_e2ee_proxy(store=proxy.store)
+    alice.base_url = again.url
+    await alice.send_text(room_id, "through a new proxy on the same store")
+    # The room's state changed under the proxy to an algorithm it does not have.
+    downgrade = {"algorithm": "m.none"}
+    await direct(alice, stub).call(  # around the proxy, which would not send it
+        "PUT", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/", downgrade
+    )
+    await alice.sync()
+    status, _ = await alice.send_raw(room_id, {"msgtype": "m.text", "body": "downgraded?"})
+    # Sent encrypted as before, or refused: never in the clear.
+    assert_ciphertext_only(stub.raw_events(room_id))
+    assert "downgraded?" not in json.dumps(stub.raw_events(room_id))
+    assert len(sent_events(stub, room_id)) == (4 if status == 200 else 3)
 
 
 async def test_key_share_failure_sends_nothing_and_the_retry_succeeds(

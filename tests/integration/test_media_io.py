@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
 import threading
 from typing import Any
@@ -126,3 +127,21 @@ async def test_head_of_an_encrypted_file_does_not_download_it(
         assert os.listdir(_spool_dir(proxy)) == []
     finally:
         gate.set()
+
+
+async def test_a_held_upload_is_ciphertext_in_a_directory_only_its_owner_enters(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """Another user of the host cannot enter the spool; whoever reads the disk anyway (a
+    backup, a stolen laptop) finds ciphertext whose key is only in the encrypted store."""
+    proxy, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
+    await upload_media(alice, PNG, "image/png", filename="private.png")
+    spool = _spool_dir(proxy)
+    assert stat.S_IMODE(os.stat(spool).st_mode) == 0o700
+    [name] = os.listdir(spool)
+    path = os.path.join(spool, name)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path, "rb") as handle:
+        stored = handle.read()
+    assert len(stored) == len(PNG)
+    assert PNG[:8] not in stored and PNG[1000:1032] not in stored
