@@ -16,6 +16,14 @@ FALLBACK_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 OTK_ALGORITHM = "signed_curve25519"
 
 
+class _Uploads:
+    """Key uploads the server acknowledged, counted for the whole process: a count read by the
+    shell before a sync request stays comparable with an account's latest upload even when its
+    engine is rebuilt from the store in between (a new engine would count from zero)."""
+
+    acknowledged = 0
+
+
 class AccountState:
     """Wraps the vodozemac ``Account`` with the metadata of what the server has."""
 
@@ -27,9 +35,9 @@ class AccountState:
         self.record = record
         self._log = log
         self.upload_in_flight: str | None = None
-        # Key uploads the server acknowledged (in this process): a sync requested before the
-        # latest of them may have been answered before the server had it (see update_counts).
-        self.key_uploads = 0
+        # ``_Uploads.acknowledged`` when this account's latest key upload was acknowledged: a
+        # sync requested before then may have been answered before the server had it.
+        self.last_upload = 0
         self._fallback_used = False
         self._device_keys: dict[str, Any] | None = None
 
@@ -78,12 +86,12 @@ class AccountState:
     ) -> None:
         """Take ``device_one_time_keys_count`` / ``device_unused_fallback_key_types`` from sync.
 
-        ``key_uploads``: our ``key_uploads`` when the sync was requested. A body requested
+        ``key_uploads``: ``key_uploads()`` read when the sync was requested. A body requested
         before our latest upload was acknowledged may describe the keys from before it (its
         "no unused fallback key" is about the key that upload replaced), so its counts are not
         taken: the next sync reports them again. None: the body is known to be current.
         """
-        if key_uploads is not None and key_uploads < self.key_uploads:
+        if key_uploads is not None and key_uploads < self.last_upload:
             return
         if isinstance(otk_counts, dict):
             count = otk_counts.get(OTK_ALGORITHM, 0)
@@ -161,7 +169,8 @@ class AccountState:
         self.upload_in_flight = None
         self.account.mark_keys_as_published()
         self.record.device_keys_uploaded = True
-        self.key_uploads += 1
+        _Uploads.acknowledged += 1
+        self.last_upload = _Uploads.acknowledged
         # A "used" report seen so far was about a key this upload replaced (or, if it carried
         # none, is sent again by the next sync, requested after it).
         self._fallback_used = False
@@ -171,6 +180,10 @@ class AccountState:
             if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
                 self.record.otk_server_count = count
         self._log.account(self.record)
+
+    @staticmethod
+    def key_uploads() -> int:
+        return _Uploads.acknowledged
 
     def upload_failed(self) -> None:
         """Keys stay unpublished and are offered again by the next ``upload_body``."""

@@ -184,9 +184,10 @@ class OlmMachine:
 
     @property
     def key_uploads(self) -> int:
-        """How many key uploads the server has acknowledged: read it just before sending a
-        ``/sync`` request and pass it to ``receive_sync`` with its answer."""
-        return self._account.key_uploads
+        """A count of the key uploads the server acknowledged (of every engine in the process,
+        so it stays comparable across an engine rebuilt from the store): read it just before
+        sending a ``/sync`` request and pass it to ``receive_sync`` with its answer."""
+        return self._account.key_uploads()
 
     def register_to_device_handler(self, event_types: str | tuple[str, ...],
                                    handler: Handler, *, plaintext: bool = True) -> None:

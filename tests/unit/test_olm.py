@@ -308,3 +308,21 @@ def test_a_stale_sync_does_not_rotate_the_fallback_key_twice() -> None:
                              key_uploads_at_request=bob.machine.key_uploads)
     bob.flush()
     assert server.fallback[bob.key] != upload.body["fallback_keys"]
+
+
+def test_a_sync_asked_for_before_an_engine_rebuild_is_still_known_stale() -> None:
+    """The shell may rebuild an account's engine from the store (after a failed commit)
+    between a sync request and its answer: the new engine still knows the body is older than
+    its upload."""
+    server, (alice, bob) = make_room(ROOM, "alice", "bob")
+    server.otks[bob.key].clear()
+    alice.send(ROOM, "via the fallback key")
+    asked_before_upload = bob.machine.key_uploads
+    stale = server.sync_body(bob.key)
+    bob.restart()
+    server.fallback_unused[bob.key] = False
+    bob.tick()  # the new engine replaces the used key
+    replaced = dict(server.fallback[bob.key])
+    bob.machine.receive_sync(stale, key_uploads_at_request=asked_before_upload)
+    bob.flush()
+    assert server.fallback[bob.key] == replaced
