@@ -221,6 +221,19 @@ class ProxyProcess:
                     await asyncio.sleep(0.005)
         raise RuntimeError("proxy did not start in time")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "proxy not started"
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no cleanup at all. `start` again runs on the same data dir and
+        port."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+
     def memory_kib(self) -> dict[str, int]:
         assert self.proc is not None
         return proc_memory_kib(self.proc.pid)

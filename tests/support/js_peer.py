@@ -189,6 +189,19 @@ class JsPeer:
         answer = await self.call("messages", room_id=room_id, limit=limit)
         return [JsEvent(**event) for event in answer["events"]]
 
+    async def history(self, room_id: str, page: int = 100) -> list[JsEvent]:
+        """The room's whole history from the server's /messages, newest first, each event
+        decrypted by the peer (a page at a time)."""
+        events: list[JsEvent] = []
+        start: str | None = None
+        while True:
+            where: dict[str, Any] = {"from": start}  # a Python keyword, so passed this way
+            answer = await self.call("messages", room_id=room_id, limit=page, **where)
+            events.extend(JsEvent(**event) for event in answer["events"])
+            start = answer["end"]
+            if start is None:
+                return events
+
     async def upload_file(self, data: bytes, mimetype: str, name: str) -> dict[str, Any]:
         """Encrypt with matrix-encrypt-attachment (Element's) and upload; the `file` object."""
         answer = await self.call("upload_file", data_b64=base64.b64encode(data).decode(),

@@ -194,16 +194,17 @@ async function waitForEvent({ event_id, body, room_id, timeout_ms = 20000 }) {
     }
 }
 
-async function messages({ room_id, limit = 50 }) {
-    // Straight from the server's /messages, each event decrypted by the crypto stack.
-    const answer = await client.createMessagesRequest(room_id, null, limit, Direction.Backward);
+async function messages({ room_id, limit = 50, from = null }) {
+    // Straight from the server's /messages, each event decrypted by the crypto stack; `end`
+    // is where the next (older) page starts, null at the room's beginning.
+    const answer = await client.createMessagesRequest(room_id, from, limit, Direction.Backward);
     const events = [];
     for (const raw of answer.chunk) {
         const event = new MatrixEvent({ ...raw, room_id });
         await client.decryptEventIfNeeded(event);
         events.push(await describe(event));
     }
-    return { events };
+    return { events, end: answer.chunk.length ? (answer.end ?? null) : null };
 }
 
 async function uploadFile({ data_b64, mimetype, name }) {
