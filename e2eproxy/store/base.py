@@ -89,6 +89,10 @@ class Store(Protocol):
 
     async def list_accounts(self) -> list[AccountKey]: ...
 
+    async def has_account(self, account: AccountKey) -> bool:
+        """Whether the store holds ``account`` (one lookup: ``list_accounts`` reads them all)."""
+        ...
+
     async def delete_account(self, account: AccountKey) -> None:
         """Forget everything of ``account`` (on logout)."""
         ...

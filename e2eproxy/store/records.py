@@ -87,6 +87,10 @@ class RecordStore:
     async def list_accounts(self) -> list[AccountKey]:
         return await self._backend.run(lambda txn: txn.list_accounts())
 
+    async def has_account(self, account: AccountKey) -> bool:
+        return await self._backend.run(
+            lambda txn: txn.account_id(account, create=False) is not None)
+
     async def delete_account(self, account: AccountKey) -> None:
         def delete(txn: t.Txn) -> None:
             acct = txn.account_id(account, create=False)

@@ -33,6 +33,17 @@ async def test_empty_store(store: RecordStore) -> None:
     assert await store.count_inbound_group_sessions(ALICE) == 0
 
 
+async def test_has_account_answers_for_one_account(store: RecordStore) -> None:
+    """What the registry asks for each login and restore, instead of listing (and decrypting)
+    every account of the store."""
+    assert not await store.has_account(ALICE)
+    await store.save(ALICE, Changes(account=account_record()))
+    assert await store.has_account(ALICE)
+    assert not await store.has_account(BOB)
+    await store.delete_account(ALICE)
+    assert not await store.has_account(ALICE)
+
+
 async def test_full_batch_round_trip(store: RecordStore) -> None:
     changes = full_changes()
     await store.save(ALICE, changes)
