@@ -5,6 +5,7 @@ renewals, in one injectable object, so a test moves time instead of waiting for 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Protocol
 
@@ -30,3 +31,9 @@ class SystemTimer:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+def spread(seconds: float, fraction: float) -> float:
+    """`seconds` less a random part of at most `fraction` of it: the timers of many accounts
+    that started together (a restart, a fleet logging in) do not stay in step."""
+    return seconds * (1.0 - fraction * random.random())

@@ -20,12 +20,14 @@ from e2eproxy.errors import Errcode, UpstreamError
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.outgoing import call
 from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.timing import spread
 
 log = logging.getLogger(__name__)
 V3 = "/_matrix/client/v3"
 UPLOAD_BATCH = 100
 IMPORT_BATCH = 500
 IDLE_CHECK_S = 60.0
+IDLE_JITTER = 0.25  # accounts that started together do not all check in the same moment
 MAX_BACKOFF_S = 300.0
 WRONG_VERSION = "M_WRONG_ROOM_KEYS_VERSION"
 # Sessions asked for on demand and not found: not asked again for this long.
@@ -63,10 +65,15 @@ def runtime_of(account: Account) -> BackupRuntime:
 
 
 async def upload_loop(upstream: Upstream, account: Account) -> None:
-    """Drain the backup queue while a backup is in use; wake on new keys or every minute."""
+    """Drain the backup queue while a backup is in use; wake on new keys or about every
+    minute. With no backup in use it sleeps until woken (recovery sets one up and wakes it)."""
     backoff = 1.0
     while True:
-        await account.wait_for_backup_work(IDLE_CHECK_S)
+        if account.machine.backup.version is None:
+            await account.backup_work.wait()
+            account.backup_work.clear()
+        else:
+            await account.wait_for_backup_work(spread(IDLE_CHECK_S, IDLE_JITTER))
         await account.token_valid.wait()
         try:
             while await upload_batch(upstream, account):

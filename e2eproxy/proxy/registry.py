@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -29,8 +30,11 @@ from e2eproxy.timing import Timer
 from e2eproxy.types import DeviceId, UserId
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_TTL_S = 600.0
+# Stored accounts restored at a time when the proxy starts (see load_stored).
+RESTORE_CONCURRENCY = 16
 TOKEN_SWEEP_AT = 1_024
 # A process that died holding a lease keeps it until it expires: wait that long, and a bit.
 LEASE_WAIT_MS = LEASE_MS + 2_000
@@ -105,18 +109,33 @@ class AccountRegistry:
 
     # -- start and stop ------------------------------------------------------------------
     async def load_stored(self) -> None:
-        """Restore every stored account of this homeserver and start its worker."""
-        restores = []
-        for key in await self.store.list_accounts():
-            if await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver:
-                continue
-            token = await self.store.get_secret(key, TOKEN_SECRET)
-            if token is not None and self._of_this_server(key.user_id):
-                restores.append(self._restore_at_start(key, token))
-        # In parallel: after a crash each lease may take its full term to expire.
-        await asyncio.gather(*restores)
+        """Restore every stored account of this homeserver and start its worker.
+
+        A few at a time (RESTORE_CONCURRENCY): each reads the store and builds an engine, and a
+        thousand at once would only queue at the store's one thread, holding every snapshot in
+        memory meanwhile. A lease left by a crashed process is waited for by each in turn, but
+        they all expire together, so the wait is paid about once. The first syncs then queue
+        at the upstream's catch-up gate (worker.py)."""
+        gate = asyncio.Semaphore(RESTORE_CONCURRENCY)
+
+        async def bound(work: Awaitable[T]) -> T:
+            async with gate:
+                return await work
+
+        keys = await self.store.list_accounts()
+        tokens = await asyncio.gather(*(bound(self._stored_token(key)) for key in keys))
+        # In the store's order: the first user pins the server name when none is configured.
+        mine = [(key, token) for key, token in zip(keys, tokens, strict=True)
+                if token is not None and self._of_this_server(key.user_id)]
+        await asyncio.gather(*(bound(self._restore_at_start(key, token)) for key, token in mine))
         if self._lease_task is None:
             self._lease_task = asyncio.create_task(keep_leases(self), name="store leases")
+
+    async def _stored_token(self, key: AccountKey) -> str | None:
+        """The stored access token of an account of this homeserver, else None."""
+        if await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver:
+            return None
+        return await self.store.get_secret(key, TOKEN_SECRET)
 
     async def _restore_at_start(self, key: AccountKey, token: str) -> None:
         try:
@@ -138,7 +157,7 @@ class AccountRegistry:
 
     # -- accounts ------------------------------------------------------------------------
     async def _restore(self, key: AccountKey, token: str) -> Account | None:
-        if key not in await self.store.list_accounts():
+        if not await self.store.has_account(key):
             return None
         # The lease first, then the snapshot: loaded before, it could be the state another
         # process was still changing, and our saves would then undo its ratchets.
@@ -243,7 +262,7 @@ class AccountRegistry:
                 account.new_token(token)
                 await self.store.put_secret(key, TOKEN_SECRET, token)
             return account, None
-        if key in await self.store.list_accounts() and (
+        if await self.store.has_account(key) and (
             await self.store.get_secret(key, HOMESERVER_SECRET) != self.homeserver
         ):
             # The same user and device ID of another homeserver: its keys are not these.

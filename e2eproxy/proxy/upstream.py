@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -53,6 +54,9 @@ _RESPONSE_DROP = HOP_BY_HOP | {
     "access-control-max-age",
 }
 
+# Background syncs that return at once with all that is new (an account's first after a start,
+# an initial one) in flight at a time per homeserver: a restart must not ask for a thousand.
+CATCH_UP_SYNCS = 8
 # How long a long-polling /sync may stay silent beyond the timeout the client asked for.
 LONG_POLL_GRACE_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -99,6 +103,7 @@ class Upstream:
         self.base_url = URL(base_url)
         self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
+        self.catch_up = asyncio.Semaphore(CATCH_UP_SYNCS)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)

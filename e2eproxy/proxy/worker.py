@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +18,7 @@ from e2eproxy.crypto.results import Decrypted
 from e2eproxy.errors import UpstreamError
 from e2eproxy.protocol.rewrite import sync_slots
 from e2eproxy.proxy.account import Account
+from e2eproxy.proxy.background_filter import BackgroundFilter
 from e2eproxy.proxy.backup_io import upload_loop
 from e2eproxy.proxy.decrypt_io import decrypt_slots
 from e2eproxy.proxy.intake import (
@@ -28,37 +29,24 @@ from e2eproxy.proxy.intake import (
 )
 from e2eproxy.proxy.outgoing import drain_outgoing
 from e2eproxy.proxy.upstream import Upstream
+from e2eproxy.timing import spread
 
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
+# Each long-poll asks for up to this fraction less: accounts that started together drift apart
+# instead of waking the proxy (and the homeserver) together every 30 s.
+POLL_JITTER = 0.1
+# The first long-poll after a catch-up lasts a random part of the timeout, at least half of it:
+# accounts that caught up together part there (and a new login's next /sync is not at once).
+FIRST_POLL_JITTER = 0.5
 IDLE_DRAIN_S = 60.0
+IDLE_JITTER = 0.25
 MAX_BACKOFF_S = 60.0
 # A client re-polls within milliseconds of an answer; this long without one, it is not syncing.
 CLIENT_GRACE_S = 0.5
 STOP_TIMEOUT_S = 5.0
 VERIFICATION_WINDOW_MS = 10 * 60_000
-CRYPTO_FILTER = {
-    "presence": {"not_types": ["*"]},
-    "account_data": {"not_types": ["*"]},
-    "room": {
-        "timeline": {
-            "limit": 50,
-            # Encrypted events and verification ones: in-room verification reaches the engine
-            # while no client syncs (decrypted only when there are any).
-            "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility",
-                      "m.room.encrypted", "m.key.verification.*"],
-        },
-        "state": {
-            "types": ["m.room.encryption", "m.room.member", "m.room.history_visibility"],
-            "lazy_load_members": False,
-        },
-        "ephemeral": {"not_types": ["*"]},
-        "account_data": {"not_types": ["*"]},
-        "include_leave": True,
-    },
-}
-_FILTER_PARAM = quote(json.dumps(CRYPTO_FILTER, separators=(",", ":")))
 
 
 def start_worker(upstream: Upstream, account: Account) -> None:
@@ -105,46 +93,82 @@ async def _background_poll(upstream: Upstream, account: Account, path: str) -> t
         return 0, {"error": exc.message}
 
 
+@dataclass
+class _Position:
+    """Where the background stream stands, and what its next request asks for."""
+
+    since: str | None
+    borrow_client_token: bool = True
+    # A sync was applied since the worker started: from then on the requests long-poll.
+    caught_up: bool = False
+    long_polled: bool = False
+    # A client's poll cancelled ours: wait for a moment of quiet before the next. So at the
+    # start too: a client that just logged in is about to sync, and its sync would do.
+    yielded: bool = True
+
+    def timeout_ms(self) -> int | None:
+        """None for an initial sync; 0 for a catch-up (whatever is new, at once); else a
+        long-poll (see poll_timeout_ms)."""
+        if not self.since:
+            return None
+        if not self.caught_up:
+            return 0
+        first, self.long_polled = not self.long_polled, True
+        return poll_timeout_ms(first)
+
+
+def poll_timeout_ms(first: bool) -> int:
+    """A long-poll's timeout: the first after a catch-up lasts a random part of the whole
+    (accounts that caught up together part there), later ones a little less than the whole."""
+    return round(spread(SYNC_TIMEOUT_MS, FIRST_POLL_JITTER if first else POLL_JITTER))
+
+
+def sync_path(filter_param: str, since: str | None, timeout_ms: int | None) -> str:
+    path = f"/_matrix/client/v3/sync?filter={filter_param}&set_presence=offline"
+    if since:
+        path += f"&since={quote(since)}&timeout={timeout_ms or 0}"
+    return path
+
+
+async def _client_quiet(account: Account, position: _Position) -> bool:
+    """While a client long-polls, its syncs feed the engine: polling too would double the
+    homeserver's work for every event. Resume once it has been quiet for a moment."""
+    if account.client_idle.is_set() and not position.yielded:
+        return True
+    position.yielded = False
+    await account.client_idle.wait()
+    await account.timer.sleep(CLIENT_GRACE_S)
+    return account.client_idle.is_set()
+
+
 async def _sync_loop(upstream: Upstream, account: Account) -> None:
-    since = await account.store.get_sync_token(account.key, BACKGROUND_STREAM)
-    borrow_client_token = True
+    position = _Position(await account.store.get_sync_token(account.key, BACKGROUND_STREAM))
+    sync_filter = BackgroundFilter(upstream, account)
     backoff = 1.0
     while True:
         await account.token_valid.wait()
-        # While the client long-polls, its syncs feed the engine: polling too would double the
-        # homeserver's work for every event. Resume once it has been quiet for a moment.
-        await account.client_idle.wait()
-        await account.timer.sleep(CLIENT_GRACE_S)
-        if not account.client_idle.is_set():
+        if not await _client_quiet(account, position):
             continue
-        if not since and borrow_client_token:
+        if not position.since and position.borrow_client_token:
             # Start where the client's stream is, when it has one: an initial sync is heavy and
             # tells nothing the client's syncs have not already fed the engine.
-            since = await account.store.get_sync_token(account.key, CLIENT_STREAM)
-        path = f"/_matrix/client/v3/sync?filter={_FILTER_PARAM}&set_presence=offline"
-        if since:
-            path += f"&since={quote(since)}&timeout={SYNC_TIMEOUT_MS}"
-        key_uploads = account.machine.key_uploads
-        status, body = await _background_poll(upstream, account, path)
+            position.since = await account.store.get_sync_token(account.key, CLIENT_STREAM)
+        # A catch-up (or initial) sync returns at once with all that is new: a few at a time
+        # per homeserver, so a thousand accounts starting together queue here, not there.
+        gate = contextlib.nullcontext() if position.caught_up else upstream.catch_up
+        async with gate:
+            filter_param = await sync_filter.param(upload=position.caught_up)
+            path = sync_path(filter_param, position.since, position.timeout_ms())
+            status, applied = await _sync_round(upstream, account, path, position)
         if status == -1:
+            position.yielded = True
             continue
-        if status == 200 and isinstance(body, dict) and isinstance(body.get("next_batch"), str):
-            try:
-                await process_sync(account, body, BACKGROUND_STREAM, initial=not since,
-                                   key_uploads=key_uploads)
-                await _verifications_of(account, body)
-            except Exception:
-                # The position is not advanced, so the server delivers it all again: nothing
-                # is lost, and the loop (the account's only key intake when idle) lives on.
-                log.exception(
-                    "Background sync for %s: could not apply a sync; retrying in %.0f s",
-                    account.device_id, backoff,
-                )
-                await account.timer.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            since = body["next_batch"]
+        if applied is True:
             backoff = 1.0
+            continue
+        if applied is None and status == 200:  # got it, could not apply it: asked again
+            await account.timer.sleep(spread(backoff, 0.5))
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
             continue
         if status == 401:
             log.warning(
@@ -152,25 +176,50 @@ async def _sync_loop(upstream: Upstream, account: Account) -> None:
             )
             account.token_valid.clear()
             continue
-        if status == 400 and since:
-            # A server that no longer knows the position (reset, or a token another stream
-            # left behind) would refuse it forever: start afresh with an initial sync.
-            log.warning(
-                "Background sync for %s: the server refused the sync position; starting afresh",
-                account.device_id,
-            )
-            since, borrow_client_token = None, False
-            async with account.step() as step:
-                step.machine.mark_all_tracked_users_dirty()
+        if status == 400:
+            # The position or the filter's id (the same error for both): both afresh. A lost
+            # filter is rare (a server reset, which loses positions too).
+            sync_filter.forget()
+            if position.since:
+                await _start_afresh(account, position)
             continue
-        log.info(
-            "Background sync for %s failed (%s); retrying in %.0f s",
-            account.device_id,
-            status,
-            backoff,
-        )
-        await account.timer.sleep(backoff)
+        log.info("Background sync for %s failed (%s); retrying in %.0f s",
+                 account.device_id, status, backoff)
+        await account.timer.sleep(spread(backoff, 0.5))
         backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+async def _sync_round(upstream: Upstream, account: Account, path: str, position: _Position
+                      ) -> tuple[int, bool | None]:
+    """One background /sync and, when it answers, its body applied: (status, True) once
+    applied, (200, None) when it could not be (the position stays: the server sends it all
+    again, nothing is lost), (status, False) for no usable answer."""
+    key_uploads = account.machine.key_uploads
+    status, body = await _background_poll(upstream, account, path)
+    if status != 200 or not isinstance(body, dict) or not isinstance(body.get("next_batch"), str):
+        return status, False
+    try:
+        await process_sync(account, body, BACKGROUND_STREAM, initial=not position.since,
+                           key_uploads=key_uploads)
+        if body.get("rooms"):
+            await _verifications_of(account, body)
+    except Exception:
+        # The loop (the account's only key intake when idle) lives on.
+        log.exception("Background sync for %s: could not apply a sync; retrying",
+                      account.device_id)
+        return status, None
+    position.since, position.caught_up = body["next_batch"], True
+    return status, True
+
+
+async def _start_afresh(account: Account, position: _Position) -> None:
+    """A server that no longer knows the position (reset, or a token another stream left
+    behind) would refuse it forever: start afresh with an initial sync."""
+    log.warning("Background sync for %s: the server refused the sync position; starting afresh",
+                account.device_id)
+    position.since, position.borrow_client_token, position.caught_up = None, False, False
+    async with account.step() as step:
+        step.machine.mark_all_tracked_users_dirty()
 
 
 async def _verifications_of(account: Account, body: dict[str, Any]) -> None:
@@ -189,7 +238,9 @@ async def _verifications_of(account: Account, body: dict[str, Any]) -> None:
 async def _outgoing_loop(upstream: Upstream, account: Account) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(IDLE_DRAIN_S):  # not wait_for: see Account.wait_for_keys
+            # Not wait_for: see Account.wait_for_keys. Spread: accounts that started together
+            # do not all wake in the same moment.
+            async with asyncio.timeout(spread(IDLE_DRAIN_S, IDLE_JITTER)):
                 await account.wake_outgoing.wait()
         account.wake_outgoing.clear()
         await account.token_valid.wait()

@@ -25,6 +25,7 @@ from nio.crypto.attachments import decrypt_attachment
 from e2eproxy.config import EncryptionConfig
 from e2eproxy.proxy.app_keys import MEDIA, REGISTRY
 from tests.integration.conftest import RunningProxy, StartE2EEProxy, proxied
+from tests.support.background import client_made
 from tests.support.plain_client import (
     NO_WAIT,
     MediaAnswer,
@@ -576,4 +577,4 @@ async def test_other_upload_forms_and_url_previews_never_reach_the_server(
         ) as response:
             assert response.status == status, (path, await response.text())
             assert (await response.json())["errcode"] in ("M_UNRECOGNIZED", "M_FORBIDDEN")
-    assert stub.requests[before:] == []
+    assert client_made(stub, before) == []
