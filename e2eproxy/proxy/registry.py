@@ -106,6 +106,8 @@ class AccountRegistry:
         self.tokens: dict[str, TokenInfo] = {}
         self._attach_lock = asyncio.Lock()
         self._lease_task: asyncio.Task[None] | None = None
+        # Stored accounts adopt_unheld never takes: of another homeserver, or without a token.
+        self._not_ours: set[AccountKey] = set()
 
     # -- start and stop ------------------------------------------------------------------
     async def load_stored(self) -> None:
@@ -138,10 +140,39 @@ class AccountRegistry:
         return await self.store.get_secret(key, TOKEN_SECRET)
 
     async def _restore_at_start(self, key: AccountKey, token: str) -> None:
+        # Never waited for, nor asked of its holder: another live instance drives it (a dead
+        # one's lease expires, and adopt_unheld then takes it).
         try:
-            await self._restore(key, token)
-        except StoreLocked as exc:
-            log.error("Not driving %s %s: %s", key.user_id, key.device_id, exc)
+            await self._restore(key, token, wait_ms=0, want=False)
+        except StoreLocked:
+            log.info("Not driving %s %s yet: another e2eproxy process holds its lease",
+                     key.user_id, key.device_id)
+
+    async def adopt_unheld(self) -> int:
+        """Take over the stored accounts of this homeserver that no instance drives (another
+        one died or stopped, or handed one over to an instance that never took it): their
+        background work (to-device messages, key requests, device lists) must go on before a
+        request for them comes. Returns how many were taken."""
+        taken = 0
+        for key in await self.store.unheld_accounts():
+            if key in self.accounts or key in self._not_ours:
+                continue
+            token = await self._stored_token(key)
+            if token is None or not self._of_this_server(key.user_id):
+                self._not_ours.add(key)
+                continue
+            async with self._attach_lock:
+                if key in self.accounts:
+                    continue
+                try:
+                    account = await self._restore(key, token, wait_ms=0, want=False)
+                except StoreLocked:  # another instance was quicker
+                    continue
+            if account is not None:
+                log.info("Took over %s %s: no e2eproxy process was driving it",
+                         key.user_id, key.device_id)
+                taken += 1
+        return taken
 
     async def close(self) -> None:
         if self._lease_task is not None:
@@ -156,12 +187,13 @@ class AccountRegistry:
         self.tokens.clear()
 
     # -- accounts ------------------------------------------------------------------------
-    async def _restore(self, key: AccountKey, token: str) -> Account | None:
+    async def _restore(self, key: AccountKey, token: str, *, wait_ms: int = LEASE_WAIT_MS,
+                       want: bool = True) -> Account | None:
         if not await self.store.has_account(key):
             return None
         # The lease first, then the snapshot: loaded before, it could be the state another
         # process was still changing, and our saves would then undo its ratchets.
-        await self.store.acquire_lease(key, wait_ms=LEASE_WAIT_MS)
+        await self.store.acquire_lease(key, wait_ms=wait_ms, want=want)
         snapshot = await self.store.load_snapshot(key)
         if snapshot is None:  # logged out meanwhile
             await self.store.release_lease(key)
@@ -256,6 +288,7 @@ class AccountRegistry:
 
     async def _bind(self, key: AccountKey, token: str) -> tuple[Account | None, str | None]:
         """(account, None), or (None, why this token gets no keys). Call with the attach lock."""
+        self._not_ours.discard(key)
         account = self.accounts.get(key)
         if account is not None:
             if account.access_token != token:

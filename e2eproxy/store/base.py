@@ -166,8 +166,15 @@ class Store(Protocol):
         """Store (or with None delete) a secret such as ``access_token``."""
         ...
 
-    async def acquire_lease(self, account: AccountKey, *, wait_ms: int = 0) -> Lease:
-        """Take the account's lease, waiting up to ``wait_ms`` for a live holder to go."""
+    async def acquire_lease(self, account: AccountKey, *, wait_ms: int = 0, want: bool = True
+                            ) -> Lease:
+        """Take the account's lease, waiting up to ``wait_ms`` for a live holder to go. With
+        ``want`` a live holder is asked to hand it over; without, it is left alone."""
+        ...
+
+    async def unheld_accounts(self) -> list[AccountKey]:
+        """Stored accounts no live instance drives (their holder let go or died) and no other
+        instance is waiting for: free to be taken over unasked."""
         ...
 
     async def renew_leases(self, accounts: Sequence[AccountKey]

@@ -31,9 +31,11 @@ FIRST_BACKOFF_MS = 50
 MAX_BACKOFF_MS = 1_000
 
 
-def take(txn: Txn, account: AccountKey, holder: str, now_ms: int, lease_ms: int) -> LeaseRow:
+def take(txn: Txn, account: AccountKey, holder: str, now_ms: int, lease_ms: int,
+         want: bool = True) -> LeaseRow:
     """Take or extend the lease if possible; returns the row as it now stands (maybe another's,
-    then marked as wanted by ``holder``, so its holder hands it over at its next renewal)."""
+    then, with ``want``, marked as wanted by ``holder``, so its holder hands it over at its next
+    renewal)."""
     row = txn.lease_get(account)
     if row is None:
         new = LeaseRow(holder, now_ms + lease_ms, 1)
@@ -42,7 +44,7 @@ def take(txn: Txn, account: AccountKey, holder: str, now_ms: int, lease_ms: int)
     elif row.expires_ms <= now_ms:
         new = LeaseRow(holder, now_ms + lease_ms, row.generation + 1)
     else:
-        if row.wanted_by != holder:
+        if want and row.wanted_by != holder:
             row = dataclasses.replace(row, wanted_by=holder)
             txn.lease_put(account, row)
         return row
@@ -68,6 +70,12 @@ def unwant(txn: Txn, account: AccountKey, holder: str) -> None:
     row = txn.lease_get(account)
     if row is not None and row.wanted_by == holder:
         txn.lease_put(account, dataclasses.replace(row, wanted_by=None))
+
+
+def adoptable(row: LeaseRow, holder: str, now_ms: int) -> bool:
+    """Whether an account whose lease row is ``row`` is driven by no one (its holder let it go
+    or died) and awaited by no other instance, so ``holder`` may take it unasked."""
+    return row.expires_ms <= now_ms and row.wanted_by in (None, holder)
 
 
 def give_back(txn: Txn, account: AccountKey, holder: str) -> None:
@@ -103,9 +111,10 @@ class LeaseKeeper:
         self._held.pop(account, None)
         self._seen.pop(account, None)
 
-    async def _try(self, account: AccountKey) -> LeaseRow:
+    async def _try(self, account: AccountKey, want: bool) -> LeaseRow:
         now = self._clock.now_ms()
-        return await self._run(lambda txn: take(txn, account, self.holder, now, self._lease_ms))
+        return await self._run(
+            lambda txn: take(txn, account, self.holder, now, self._lease_ms, want))
 
     def _granted(self, account: AccountKey, row: LeaseRow) -> Lease:
         previous = self._seen.get(account)
@@ -115,16 +124,17 @@ class LeaseKeeper:
         wanted = row.wanted_by is not None and row.wanted_by != self.holder
         return Lease(row.holder, row.generation, row.expires_ms, reload, wanted)
 
-    async def acquire(self, account: AccountKey, wait_ms: int) -> Lease:
+    async def acquire(self, account: AccountKey, wait_ms: int, want: bool = True) -> Lease:
         deadline = self._clock.now_ms() + wait_ms
         backoff = FIRST_BACKOFF_MS
         while True:
-            row = await self._try(account)
+            row = await self._try(account, want)
             if row.holder == self.holder:
                 return self._granted(account, row)
             remaining = deadline - self._clock.now_ms()
             if remaining <= 0:
-                await self._run(lambda txn: unwant(txn, account, self.holder))
+                if want:
+                    await self._run(lambda txn: unwant(txn, account, self.holder))
                 left_s = max(0, row.expires_ms - self._clock.now_ms()) / 1000
                 raise StoreLocked(
                     f"{account.user_id}/{account.device_id} is in use by another e2eproxy "
@@ -157,6 +167,16 @@ class LeaseKeeper:
             else:
                 result[account] = self._granted(account, row)
         return result
+
+    async def unheld(self) -> list[AccountKey]:
+        """The stored accounts nobody drives (see ``adoptable``) and this instance does not hold."""
+        now = self._clock.now_ms()
+
+        def find(txn: Txn) -> list[AccountKey]:
+            return [account for account, row in txn.expired_leases(now)
+                    if adoptable(row, self.holder, now)]
+
+        return sorted(a for a in await self._run(find) if a not in self._held)
 
     async def release(self, account: AccountKey) -> None:
         if self._held.pop(account, None) is not None:

@@ -126,6 +126,10 @@ class MemoryTxn:
     def lease_put(self, account: AccountKey, row: LeaseRow | None) -> None:
         self._set(self._t.leases, account, _MISSING if row is None else row)
 
+    def expired_leases(self, now_ms: int) -> list[tuple[AccountKey, LeaseRow]]:
+        return sorted((a, row) for a, row in self._t.leases.items()
+                      if row.expires_ms <= now_ms and a in self._t.accounts)
+
 
 class MemoryBackend:
     """Runs each transaction inline on the event loop; an exception rolls it back."""

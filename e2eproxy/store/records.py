@@ -227,8 +227,12 @@ class RecordStore:
         raw = await self._backend.run(get)
         return None if raw is None else codec.loads(raw)
 
-    async def acquire_lease(self, account: AccountKey, *, wait_ms: int = 0) -> Lease:
-        return await self._leases.acquire(account, wait_ms)
+    async def acquire_lease(self, account: AccountKey, *, wait_ms: int = 0, want: bool = True
+                            ) -> Lease:
+        return await self._leases.acquire(account, wait_ms, want)
+
+    async def unheld_accounts(self) -> list[AccountKey]:
+        return await self._leases.unheld()
 
     async def renew_lease(self, account: AccountKey) -> Lease:
         return await self._leases.renew(account)

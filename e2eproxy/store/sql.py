@@ -164,6 +164,17 @@ class SqlTxn(ABC):
         self._exec(self.LEASE_UPSERT,
                    (lookup, row.holder, row.expires_ms, row.generation, row.wanted_by))
 
+    def expired_leases(self, now_ms: int) -> list[tuple[AccountKey, LeaseRow]]:
+        rows = self._rows(
+            "SELECT lookup, holder, expires_ms, generation, wanted_by FROM leases"
+            " WHERE expires_ms <= ?", (now_ms,))
+        if not rows:  # the usual answer: the accounts are read (and decrypted) only when needed
+            return []
+        by_lookup = {self._lease_lookup(a): a for a in self.list_accounts()}
+        expired = [(by_lookup.get(bytes(lookup)), LeaseRow(holder, expires, generation, wanted))
+                   for lookup, holder, expires, generation, wanted in rows]
+        return [(account, row) for account, row in expired if account is not None]
+
 
 @dataclass(frozen=True)
 class KeySettings:

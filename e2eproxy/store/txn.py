@@ -110,6 +110,10 @@ class Txn(Protocol):
 
     def lease_put(self, account: AccountKey, row: LeaseRow | None) -> None: ...
 
+    def expired_leases(self, now_ms: int) -> list[tuple[AccountKey, LeaseRow]]:
+        """The stored accounts whose lease has expired (or was given back) by ``now_ms``."""
+        ...
+
 
 def plan_changes(
     changes: Changes,

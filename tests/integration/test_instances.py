@@ -83,3 +83,37 @@ async def test_a_lost_lease_stops_the_accounts_work(
     await renew_round(registry)
     assert registry.accounts == {}
     assert all(task.done() for task in account.tasks) or account.tasks == []
+
+
+async def test_a_starting_instance_leaves_driven_accounts_alone_and_adopts_orphans(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    shared = MemoryBackend()
+    first = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-1"))
+    alice, bob = await login_all(session, first.url, stub, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    await alice.send_text(room_id, "while the first instance drives both")
+
+    # A second instance starts on the same store: it neither waits for the accounts the
+    # first one drives nor asks for them (it would take every account from its peer).
+    second = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-2"))
+    assert registry_of(second).accounts == {}
+    assert await registry_of(second).adopt_unheld() == 0
+    held = await registry_of(first).store.renew_leases(list(registry_of(first).accounts))
+    assert [lease is not None and not lease.wanted for lease in held.values()] == [True, True]
+
+    # The first instance stops: the second takes its accounts over unasked, workers and all,
+    # before any request for them reaches it.
+    await first.stop()
+    assert await registry_of(second).adopt_unheld() == 2
+    adopted = registry_of(second).accounts.values()
+    assert sorted(a.user_id for a in adopted) == sorted([alice.user_id, bob.user_id])
+    assert all(a.tasks for a in adopted), "their background work runs here now"
+    # And they go on where they were: a new message and the old one both read back.
+    moved = [PlainClient(session, second.url, c.access_token) for c in (alice, bob)]
+    for client, old in zip(moved, (alice, bob), strict=True):
+        client.user_id, client.device_id = old.user_id, old.device_id
+    await moved[1].send_text(room_id, "after the first instance stopped")
+    bodies = [e["content"].get("body") for e in reversed(await moved[0].messages(room_id))
+              if e["type"] == "m.room.message"]
+    assert bodies == ["while the first instance drives both", "after the first instance stopped"]
