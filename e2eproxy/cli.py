@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.file)
             print(json.dumps(_effective(config), indent=2, sort_keys=True))
             return 0
-        base = load_config(args.config) if args.config else None
+        # `run --homeserver` (and the store commands) need no [servers] table in the file.
+        needs_servers = args.command == "run" and args.homeserver is None
+        base = load_config(args.config, require_servers=needs_servers) if args.config else None
         if args.command in ("keys", "store"):
             setup_logging("warning")
             config = store_only_config(base, args.data_dir)

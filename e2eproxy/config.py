@@ -297,8 +297,10 @@ def _encryption(data: Any, source: str) -> EncryptionConfig:
     return encryption
 
 
-def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None) -> Config:
-    """Build a Config from parsed TOML; relative paths are relative to `base`."""
+def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None,
+                 require_servers: bool = True) -> Config:
+    """Build a Config from parsed TOML; relative paths are relative to `base`. Without
+    `require_servers` a file may leave the server to the command line (--homeserver)."""
     base = base or Path.cwd()
     top = Table(data, "", source)
     servers_data = top.get("servers", dict, {})
@@ -311,13 +313,13 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None)
         source=source,
     )
     top.finish()
-    validate(config)
+    validate(config, require_servers)
     return config
 
 
-def validate(config: Config) -> None:
+def validate(config: Config, require_servers: bool = True) -> None:
     """Checks across tables: at least one server, no two listeners on one address."""
-    if not config.servers:
+    if require_servers and not config.servers:
         raise ConfigError(
             f"{config.source}: servers: no [servers.NAME] table (or --homeserver) given"
         )
@@ -334,8 +336,8 @@ def validate(config: Config) -> None:
         seen[port] = server.name
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a TOML config file."""
+def load_config(path: Path, require_servers: bool = True) -> Config:
+    """Read and validate a TOML config file (see parse_config for `require_servers`)."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -343,7 +345,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, str(path), base=path.parent)
+    return parse_config(data, str(path), base=path.parent, require_servers=require_servers)
 
 
 def with_overrides(
@@ -363,6 +365,9 @@ def with_overrides(
         )
         config = Config(servers=(server,), source="<flags>")
     servers = list(config.servers)
+    if not servers and homeserver is not None:  # a file with the store, the server by flag
+        servers = [ServerConfig(name="default", homeserver=check_url(homeserver, "--homeserver",
+                                                                     "<flags>"))]
     if homeserver is not None or listen is not None:
         if len(servers) != 1:
             raise ConfigError(

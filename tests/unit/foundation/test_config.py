@@ -144,6 +144,17 @@ def test_flags_override_the_file_and_defaults_need_only_a_homeserver(tmp_path: P
         with_overrides(None)
 
 
+def test_a_file_may_leave_the_server_to_the_homeserver_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\nurl = "postgresql://db.example/e2eproxy"')
+    with pytest.raises(ConfigError, match=r"no \[servers\.NAME\] table"):
+        load_config(path)  # check-config, or run without --homeserver
+    config = with_overrides(load_config(path, require_servers=False), homeserver="https://x")
+    assert [(s.name, s.homeserver) for s in config.servers] == [("default", "https://x")]
+    assert config.store.url == "postgresql://db.example/e2eproxy"
+    with pytest.raises(ConfigError, match=r"no \[servers\.NAME\] table"):
+        with_overrides(load_config(path, require_servers=False), log_level="info")
+
+
 def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[servers.a]\nhomeserver = "https://x"\n[store]\ndata_dir = "keys"')
     assert load_config(path).store.data_dir == tmp_path / "keys"
