@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support.postgres import PostgresCluster
 from tests.support.stub_homeserver import StubHomeserver, running_stub
 from tests.support.synapse import SynapseServer
 
@@ -144,3 +145,21 @@ async def synapse_proxy(start_synapse_proxy: StartSynapseProxy) -> ServedProxy:
 def proxy_url(synapse_proxy: ServedProxy) -> str:
     """The base URL (no slash) of `synapse_proxy`."""
     return synapse_proxy.url
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the session (started on first use, deleted at the end)."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """An empty database (a schema, in fact) of this test's own."""
+    url = postgres_cluster.new_schema()
+    yield url
+    postgres_cluster.drop_schema(url)

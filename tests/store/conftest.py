@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from e2eproxy.store.postgres import PostgresStore
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.sqlite import SqliteStore
 from e2eproxy.types import DeviceId, RoomId, SessionId, UserId
-from tests.support.postgres import PostgresCluster
 
 # matrix-rust-sdk crates/matrix-sdk-crypto/src/file_encryption/key_export.rs, TEST_EXPORT
 # (commit 64b12e0b808969c284c94f0ea239f37d6746d6e2), passphrase "1234".
@@ -58,24 +57,6 @@ StoreFactory = Callable[..., RecordStore]
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """One PostgreSQL server for the session (started on first use, deleted at the end)."""
-    cluster = PostgresCluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    """An empty database (a schema, in fact) of this test's own."""
-    url = postgres_cluster.new_schema()
-    yield url
-    postgres_cluster.drop_schema(url)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])

@@ -107,7 +107,11 @@ class ProxyProcess:
         data_dir: Path,
         log_path: Path | None = None,
         log_level: str = "info",
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.config = config  # a TOML file (e.g. a PostgreSQL store); flags still apply
+        self.env = env or {}
         self.homeserver = homeserver
         self.port = port
         self.data_dir = data_dir
@@ -140,6 +144,7 @@ class ProxyProcess:
             str(self.data_dir),
             "--log-level",
             self.log_level,
+            *(["--config", str(self.config)] if self.config is not None else []),
         ]
         self.lines.append(f"--- start: {' '.join(command)}\n")
         listening = threading.Event()
@@ -149,7 +154,7 @@ class ProxyProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=child_env(),
+            env=child_env(**self.env),
             preexec_fn=DIE_WITH_PARENT,
         )
         assert self.process.stderr is not None
