@@ -181,6 +181,15 @@ async def report(env: Env, w: World, sender: Sender, killer: Killer, sending_s: 
     add(Row("chaos", "acknowledged, not in the plain client's /sync", len(
         set(sender.acked.values()) - in_sync), None, "", target="(informative)",
             note=f"sync errors while killed: {dict(sync_errors)}"))
+    mid_send = [c.in_flight_ms for c in killer.crashes if c.in_flight_ms is not None]
+    rotating = [sender.first_try_s[n] * 1000 for n in sender.first_try_s if n and not n % ROTATION]
+    steady = [s * 1000 for n, s in sender.first_try_s.items() if n % ROTATION]
+    if mid_send:
+        took = (f"a send takes {median(steady):.0f} ms, {median(rotating):.0f} ms when it "
+                "shares a new session (medians); " if rotating and steady else "")
+        add(Row("chaos", f"kills with a send in flight ({len(mid_send)} of "
+                f"{len(killer.crashes)}): ms into it", median(mid_send), max(mid_send), "ms",
+                note=f"{took}p90 column: latest"))
     restarts = [c.restart_s for c in killer.crashes]
     recovered = [c.recovered_s for c in killer.crashes if c.recovered_s is not None]
     if restarts:

@@ -48,6 +48,8 @@ class Sender:
     retries: Counter[str] = field(default_factory=Counter)  # why attempts failed
     current: int = -1
     last_ack: float = 0.0
+    began: float | None = None  # when the attempt in flight started (None: none in flight)
+    first_try_s: dict[int, float] = field(default_factory=dict)  # answered at the 1st attempt
     attempt: asyncio.Event = field(default_factory=asyncio.Event)  # set as any attempt starts
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -70,15 +72,20 @@ class Sender:
         delay = FIRST_RETRY_S
         while True:
             self.attempt.set()
+            self.began = began = time.monotonic()
             try:
                 status, data = await self.client.send_raw(
                     self.room_id, text(self.body(number)), txn=txn
                 )
             except TRANSIENT as exc:
                 status, data = 0, type(exc).__name__
+            finally:
+                self.began = None
             if status == 200 and isinstance(data, dict) and isinstance(data.get("event_id"), str):
                 self.acked[number] = data["event_id"]
                 self.last_ack = time.monotonic()
+                if delay == FIRST_RETRY_S:
+                    self.first_try_s[number] = self.last_ack - began
                 return
             why = f"{status} {data.get('errcode') if isinstance(data, dict) else data}"
             self.retries[why] += 1
@@ -192,6 +199,7 @@ async def retry(call: Any, give_up_s: float = GIVE_UP_S) -> Any:
 class Crash:
     kind: str
     message: int  # the message being sent when the proxy was killed
+    in_flight_ms: float | None  # how long the send in flight had been going (None: none was)
     restart_s: float  # spawn to first answer
     recovered_s: float | None = None  # kill to the next acknowledged send
 
@@ -268,10 +276,11 @@ class Killer:
             await asyncio.sleep(0.05)
 
     async def _crash(self, kind: str) -> None:
-        killed_at = time.monotonic()
+        killed_at, began = time.monotonic(), self.sender.began
         message = self.sender.current
         self.proxy.kill()
-        crash = Crash(kind, message, await self.proxy.start(timeout=60))
+        in_flight = None if began is None else (killed_at - began) * 1000
+        crash = Crash(kind, message, in_flight, await self.proxy.start(timeout=60))
         self.crashes.append(crash)
         self._watchers.append(asyncio.create_task(self._recovery(crash, killed_at)))
 
