@@ -18,9 +18,16 @@ from e2eproxy.crypto.verification.requests import (
     request_to_device,
 )
 
+# Anyone can send us verification requests: the flows others open are capped (per user and in
+# all), and only the newest finished flows are kept, so a flood grows neither the flows nor the
+# time each event takes (every event looks at every flow).
+MAX_OPEN_BY_OTHERS = 32
+MAX_OPEN_PER_USER = 4
+KEEP_FINISHED = 32
+
 
 class Verifications:
-    """Every flow of one account; finished ones stay (for their result) until ``prune``."""
+    """Every flow of one account; the newest finished ones stay (for their result)."""
 
     def __init__(self, me: LocalDevice, *, keys: PeerKeys, clock: Clock) -> None:
         self.me = me  # replace it when our master key becomes trusted: new flows MAC it
@@ -37,20 +44,33 @@ class Verifications:
         """Track a flow made directly with ``verification.requests``."""
         if flow.flow_id in self._flows:
             raise ValueError("a flow with this id is already tracked")
-        self._flows[flow.flow_id] = flow
+        self._track(flow)
 
     def request_to_device(self, other_user: str, devices: Sequence[str]
                           ) -> tuple[Verification, list[Outgoing]]:
         flow, out = request_to_device(self.me, other_user, devices, keys=self._keys,
                                       clock=self._clock)
-        self._flows[flow.flow_id] = flow
+        self._track(flow)
         return flow, out
 
     def request_sent_in_room(self, room_id: str, event_id: str, other_user: str) -> Verification:
         flow = request_sent_in_room(self.me, room_id, event_id, other_user, keys=self._keys,
                                     clock=self._clock)
-        self._flows[flow.flow_id] = flow
+        self._track(flow)
         return flow
+
+    def _track(self, flow: Verification) -> None:
+        self._flows[flow.flow_id] = flow
+        finished = [flow_id for flow_id, f in self._flows.items() if f.finished]
+        for flow_id in finished[:-KEEP_FINISHED]:
+            del self._flows[flow_id]
+
+    def _room_for(self, sender: str) -> bool:
+        """Whether a flow ``sender`` opens is taken (else it is ignored, unanswered)."""
+        theirs = [f for f in self._flows.values() if not f.finished and not f.we_requested]
+        return len(theirs) < MAX_OPEN_BY_OTHERS and (
+            sum(f.other_user == sender for f in theirs) < MAX_OPEN_PER_USER
+        )
 
     def receive(self, event: IncomingEvent) -> list[Outgoing]:
         """Feed one verification event (to-device, or in-room with its room and event id)."""
@@ -60,6 +80,8 @@ class Verifications:
         flow = self._flows.get(flow_id)
         if flow is not None:
             return flow.receive(event)
+        if (event.is_request or event.type == ev.START) and not self._room_for(event.sender):
+            return []
         if event.is_request:
             new = from_request(self.me, event, keys=self._keys, clock=self._clock)
             if new is None:
@@ -74,7 +96,7 @@ class Verifications:
             reply = ev.unknown_transaction_reply(event)
             return [reply] if reply is not None else []
         out += self._one_at_a_time(new)
-        self._flows[flow_id] = new
+        self._track(new)
         return out
 
     def _one_at_a_time(self, new: Verification) -> list[Outgoing]:
