@@ -89,6 +89,10 @@ class MediaSpool:
     def new_name(self) -> str:
         return secrets.token_hex(16)
 
+    async def holds(self, name: str) -> bool:
+        """Whether the spool file is here (a held upload of another instance is not)."""
+        return await asyncio.to_thread(self.path(name).is_file)
+
     async def write(self, stream: AsyncIterator[bytes]) -> tuple[str, FileKey, int]:
         """Encrypt `stream` into a new spool file; returns its name, key and plaintext size."""
         name = self.new_name()

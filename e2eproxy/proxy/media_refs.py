@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from e2eproxy.errors import Forbidden
+from e2eproxy.errors import Forbidden, NotFound
 from e2eproxy.protocol.media_fields import MediaField, fields_of, media_uris, with_plain_media
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import CONFIG, MEDIA
 from e2eproxy.proxy.handlers.media import copy_encrypted, copy_plain, publish
-from e2eproxy.proxy.media import KnownMedia
+from e2eproxy.proxy.media import KnownMedia, PendingUpload
 
 DECRYPTED_FILE = (
     "This file came from an encrypted room: e2eproxy publishes a plaintext copy of it only into "
@@ -31,6 +31,22 @@ PLAINTEXT_FILE = (
 )
 
 
+HELD_ELSEWHERE = (
+    "This file was uploaded through another e2eproxy instance, which holds it until a message "
+    "names it (or its held copy is gone). Send the message through the same instance, or upload "
+    "the file again. Nothing was sent."
+)
+
+
+async def _held_upload(request: web.Request, account: Account, mxc: str) -> PendingUpload | None:
+    """The held upload behind `mxc`, if any; NotFound when its bytes are not in this instance's
+    spool (the store, shared by several instances, names uploads that another one holds)."""
+    pending = await request.app[MEDIA].of(account).get_pending(mxc)
+    if pending is not None and not await request.app[MEDIA].spool.holds(pending.spool_name):
+        raise NotFound(HELD_ELSEWHERE)
+    return pending
+
+
 def _is_mxc(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("mxc://")
 
@@ -42,7 +58,7 @@ async def _encrypted_file(
     we already know, or (with `plaintext_files = "copy"`) an encrypted copy of a file the
     server has in plaintext; otherwise such a file is refused."""
     media = request.app[MEDIA].of(account)
-    pending = await media.get_pending(mxc)
+    pending = await _held_upload(request, account, mxc)
     if pending is not None:
         final = await publish(request, account, pending, encrypted=True)
         known = KnownMedia(
@@ -119,7 +135,7 @@ async def publish_plain_references(
     media = request.app[MEDIA].of(account)
     replaced: dict[str, str] = {}
     for mxc in media_uris(content, fields):
-        pending = await media.get_pending(mxc)
+        pending = await _held_upload(request, account, mxc)
         if pending is not None:
             final = await publish(request, account, pending, encrypted=False)
             await media.drop_pending(mxc)

@@ -51,9 +51,9 @@ StartE2EEProxy = Callable[..., Awaitable[RunningProxy]]
 @pytest.fixture
 async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterator[StartE2EEProxy]:
     """`await start_e2ee_proxy(store=..., encryption=EncryptionConfig(...), timer=...,
-    **server_overrides)` serves create_app on an ephemeral port; without `store`, a fresh
-    MemoryStore; without `timer`, real time. Its data dir (the media spool) is tmp_path/proxy,
-    never the developer's, and no keyring is used."""
+    data_dir=..., **server_overrides)` serves create_app on an ephemeral port; without `store`,
+    a fresh MemoryStore; without `timer`, real time. Its data dir (the media spool) is
+    tmp_path/proxy unless given, never the developer's, and no keyring is used."""
     started: list[RunningProxy] = []
 
     async def start(
@@ -61,6 +61,7 @@ async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterato
         store: Store | None = None,
         encryption: EncryptionConfig | None = None,
         timer: Timer | None = None,
+        data_dir: Path | None = None,
         **overrides: Any,
     ) -> RunningProxy:
         assert stub.base_url is not None
@@ -68,7 +69,7 @@ async def start_e2ee_proxy(stub: StubHomeserver, tmp_path: Path) -> AsyncIterato
         config = Config(
             servers=(server,),
             encryption=encryption or EncryptionConfig(),
-            store=StoreConfig(data_dir=tmp_path / "proxy", use_keyring=False),
+            store=StoreConfig(data_dir=data_dir or tmp_path / "proxy", use_keyring=False),
         )
         used = store if store is not None else MemoryStore()
         test_server = TestServer(

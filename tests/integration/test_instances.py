@@ -6,6 +6,7 @@ and a lost lease stops the account's work at once."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 
@@ -16,7 +17,13 @@ from e2eproxy.store.memory import MemoryBackend
 from e2eproxy.store.records import RecordStore
 from e2eproxy.store.txn import LeaseRow, Txn
 from tests.integration.conftest import RunningProxy, StartE2EEProxy
-from tests.support.plain_client import PlainClient, encrypted_room_of, login_all
+from tests.support.plain_client import (
+    PlainClient,
+    encrypted_room_of,
+    login_all,
+    stub_media,
+    upload_media,
+)
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.timing import until
 
@@ -117,3 +124,33 @@ async def test_a_starting_instance_leaves_driven_accounts_alone_and_adopts_orpha
     bodies = [e["content"].get("body") for e in reversed(await moved[0].messages(room_id))
               if e["type"] == "m.room.message"]
     assert bodies == ["while the first instance drives both", "after the first instance stopped"]
+
+
+async def test_a_held_upload_is_sent_only_by_the_instance_that_holds_it(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+    tmp_path: Path,
+) -> None:
+    """The store (shared) names the upload; its bytes wait in the receiving instance's own
+    data dir. A message naming it through another instance fails clearly, sending nothing."""
+    shared = MemoryBackend()
+    first = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-1"),
+                                   data_dir=tmp_path / "first")
+    second = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-2"),
+                                    data_dir=tmp_path / "second")
+    alice, bob = await login_all(session, first.url, stub, "alice", "bob")
+    room_id = await encrypted_room_of(alice, bob)
+    mxc = await upload_media(alice, b"held by the first instance", "image/png", filename="a.png")
+
+    moved = PlainClient(session, second.url, alice.access_token)
+    sends_before = len(stub.requests_to(r"/rooms/[^/]*/send"))
+    content = {"msgtype": "m.image", "body": "a.png", "url": mxc}
+    sending = asyncio.ensure_future(
+        moved.request("PUT", moved.send_path(room_id, "m.room.message", "t1"), content))
+    await until("the second instance asked for the account",
+                lambda: _wanted(registry_of(first), alice.user_id))
+    await renew_round(registry_of(first))  # handed over
+    status, body = await sending
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND"), body
+    assert "another e2eproxy instance" in body["error"]
+    assert len(stub.requests_to(r"/rooms/[^/]*/send")) == sends_before  # no event
+    assert stub_media(stub, mxc).content is None  # reserved, never filled
