@@ -252,10 +252,14 @@ class AccountRegistry:
             self.server_name = server
         return bool(server) and server == self.server_name
 
-    async def confirm_login(self, user_id: str, device_id: str, token: str) -> TokenInfo | None:
+    async def confirm_login(self, user_id: str, device_id: str, token: str, *,
+                            new_device: bool = False) -> TokenInfo | None:
         """Bind a login answer's token, once the configured homeserver says (whoami) that it is
         this user's device: an answer alone is no proof, and binding a stored account to a
-        stranger's token would hand over its keys. None when it does not match."""
+        stranger's token would hand over its keys. None when it does not match.
+
+        ``new_device``: the login named no device, so the server made this one for it, and it
+        has no keys anywhere yet (they are not asked for)."""
         try:
             confirmed = await self.whoami(token)
         except (MatrixError, UpstreamError) as exc:
@@ -268,15 +272,16 @@ class AccountRegistry:
                 user_id, device_id, *confirmed,
             )
             return None
-        return await self.attach(user_id, device_id, token)
+        return await self.attach(user_id, device_id, token, new_device=new_device)
 
-    async def attach(self, user_id: str, device_id: str, token: str) -> TokenInfo:
+    async def attach(self, user_id: str, device_id: str, token: str, *,
+                     new_device: bool = False) -> TokenInfo:
         """Bind a token to its device's account: restore it, create it, or refuse it. Only for
         a (user, device, token) the homeserver confirmed."""
         key = AccountKey(UserId(user_id), DeviceId(device_id))
         async with self._attach_lock:
             if self._of_this_server(user_id):
-                account, refusal = await self._bind(key, token)
+                account, refusal = await self._bind(key, token, new_device)
             else:
                 log.warning("Not holding keys for %s: not a user of %s", user_id,
                             self.server_name)
@@ -286,7 +291,8 @@ class AccountRegistry:
         self._remember(token, info)
         return info
 
-    async def _bind(self, key: AccountKey, token: str) -> tuple[Account | None, str | None]:
+    async def _bind(self, key: AccountKey, token: str, new_device: bool = False
+                    ) -> tuple[Account | None, str | None]:
         """(account, None), or (None, why this token gets no keys). Call with the attach lock."""
         self._not_ours.discard(key)
         account = self.accounts.get(key)
@@ -305,7 +311,7 @@ class AccountRegistry:
         account = await self._restore(key, token)
         if account is not None:
             return account, None
-        if await self._device_has_keys(key.user_id, key.device_id, token):
+        if not new_device and await self._device_has_keys(key.user_id, key.device_id, token):
             return None, FOREIGN_DEVICE
         if len(self.accounts) >= self.max_accounts:
             log.warning(

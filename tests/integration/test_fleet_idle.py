@@ -25,7 +25,7 @@ from e2eproxy.timing import spread
 from e2eproxy.types import DeviceId, UserId
 from tests.integration.conftest import StartE2EEProxy
 from tests.support.background import is_background
-from tests.support.plain_client import login_all
+from tests.support.plain_client import PlainClient, login_all
 from tests.support.store_faults import FailingSaves
 from tests.support.stub_homeserver import RecordedRequest, StubHomeserver
 from tests.support.timing import ManualTimer, until
@@ -269,3 +269,28 @@ async def test_the_background_filter_is_uploaded_once_and_named_by_its_id(
     await until("the restarted proxy's background sync", resumed)
     assert {r.query["filter"] for r in ours()[seen:]} == named
     assert len(uploads()) == 1
+
+
+async def test_a_login_that_made_a_new_device_does_not_ask_for_its_keys(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    """A device the server made for this login has no keys anywhere: one request less per
+    login. A login that names its device may be reusing one with keys (then refused)."""
+    proxy = await start_e2ee_proxy()
+    stub.register("fresh", "pw")
+    stub.register("named", "pw")
+
+    def device_checks(client: PlainClient) -> int:
+        return sum(
+            (r.json or {}).get("device_keys", {}).get(client.user_id) == [client.device_id]
+            for r in stub.requests_to(r"/keys/query$", "POST"))
+
+    fresh = PlainClient(session, proxy.url)
+    await fresh.login("fresh")
+    named = PlainClient(session, proxy.url)
+    await named.login("named", device_id="NAMEDDEV")
+    assert device_checks(fresh) == 0
+    assert device_checks(named) == 1
+    for client in (fresh, named):  # both devices got their keys on the server
+        assert client.device_id in (await client.keys_query(client.user_id))["device_keys"][
+            client.user_id]

@@ -27,8 +27,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     if request.method == "POST" and answer.status == 200 and isinstance(data, dict):
         user_id, device_id, token = (data.get(k) for k in ("user_id", "device_id", "access_token"))
         if isinstance(user_id, str) and isinstance(device_id, str) and isinstance(token, str):
+            new_device = not _names_a_device(await request.read())
             try:
-                info = await request.app[REGISTRY].confirm_login(user_id, device_id, token)
+                info = await request.app[REGISTRY].confirm_login(user_id, device_id, token,
+                                                                  new_device=new_device)
                 if info is not None and info.account is not None:
                     async with asyncio.timeout(KEY_UPLOAD_WAIT_S):
                         await drain_outgoing(request.app[UPSTREAM], info.account)
@@ -37,6 +39,16 @@ async def login(request: web.Request) -> web.StreamResponse:
                     "Login of %s %s: crypto set-up not finished: %s", user_id, device_id, exc
                 )
     return respond(answer)
+
+
+def _names_a_device(body: bytes) -> bool:
+    """Whether a login asked for a device ID of its own (that device may have keys already);
+    without one, the server made a new device for this login."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return True
+    return not isinstance(data, dict) or "device_id" in data
 
 
 async def _who(request: web.Request) -> tuple[str, str | None] | None:
