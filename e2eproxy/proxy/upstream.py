@@ -109,6 +109,10 @@ class Upstream:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # Shared by every account: a cookie the homeserver set in an answer to one user
+            # must never go out with another's request (the client's own Cookie header is
+            # passed on as it sent it). Also no cookie filtering on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None),
