@@ -20,7 +20,6 @@ signed by the device and later the master key over canonical JSON. Pure, no I/O,
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,7 +29,14 @@ import vodozemac
 from e2eproxy.crypto.recovery_key import decode_recovery_key, encode_recovery_key
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM
 from e2eproxy.errors import E2EProxyError
-from e2eproxy.protocol.canonical import b64decode, b64encode, canonical_json, sign_json, verify_json
+from e2eproxy.protocol.canonical import (
+    b64decode,
+    b64encode,
+    canonical_json,
+    parse_json,
+    sign_json,
+    verify_json,
+)
 
 BACKUP_ALGORITHM = "m.megolm_backup.v1.curve25519-aes-sha2"
 BACKUP_SECRET_NAME = "m.megolm_backup.v1"
@@ -144,7 +150,7 @@ class BackupDecryptionKey:
         except ValueError:  # PkDecodeException: MAC mismatch or bad padding
             raise BackupDecryptionFailed("the entry does not decrypt with this key") from None
         try:
-            value = json.loads(plaintext)
+            value = parse_json(plaintext)
         except ValueError:
             raise MalformedBackupData("the decrypted backup entry is not JSON") from None
         if not isinstance(value, dict):

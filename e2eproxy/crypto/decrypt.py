@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import vodozemac
@@ -16,6 +15,7 @@ from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason,
 from e2eproxy.crypto.settings import MEGOLM_ALGORITHM, LocalTrust
 from e2eproxy.crypto.trust import DeviceTrust, TrustState
 from e2eproxy.crypto.withheld import WithheldNotices
+from e2eproxy.protocol.canonical import parse_json
 from e2eproxy.types import RoomId, SessionId
 
 
@@ -131,7 +131,7 @@ class RoomDecryptor:
                 ) -> Decrypted | DecryptionFailure:
         sid = record.session_id
         try:
-            payload = json.loads(plaintext)
+            payload = parse_json(plaintext)
         except (ValueError, UnicodeDecodeError):
             return DecryptionFailure(FailureReason.PAYLOAD_INVALID, "plaintext is not JSON", sid)
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or (

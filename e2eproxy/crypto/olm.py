@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,13 @@ from e2eproxy.crypto.changes import ChangeLog, DeviceRecord, OlmSessionRecord
 from e2eproxy.crypto.clock import Clock
 from e2eproxy.crypto.devices import DeviceTracker, device_curve25519, device_ed25519
 from e2eproxy.crypto.settings import OLM_ALGORITHM
-from e2eproxy.protocol.canonical import b64decode, b64encode, canonical_json, verify_json
+from e2eproxy.protocol.canonical import (
+    b64decode,
+    b64encode,
+    canonical_json,
+    parse_json,
+    verify_json,
+)
 
 # Olm sessions kept per peer device, the least recently used expired first (the spec: "at least
 # 4"; matrix-rust-sdk keeps them all, mautrix-go 5): a peer that keeps opening sessions (by
@@ -196,7 +201,7 @@ class OlmSessions:
     def _check_payload(self, sender: str, sender_key: str, plaintext: bytes
                        ) -> OlmDecrypted | OlmFailure:
         try:
-            payload = json.loads(plaintext)
+            payload = parse_json(plaintext)
         except (ValueError, UnicodeDecodeError):
             return OlmFailure("payload_invalid", sender_key)
         if not isinstance(payload, dict):

@@ -253,6 +253,15 @@ def _pbkdf2(passphrase: str, salt: str, iterations: int) -> bytes:
     return kdf.derive(passphrase.encode())
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (JSON can carry a lone surrogate, which has none)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def derive_key(passphrase: str, description: Any) -> bytes:
     """The key from ``passphrase`` by the description's ``m.pbkdf2`` parameters (not checked).
 
@@ -265,8 +274,8 @@ def derive_key(passphrase: str, description: Any) -> bytes:
     if info.get("algorithm") != PBKDF2:
         raise UnsupportedAlgorithm(f"passphrase algorithm {info.get('algorithm')!r} is unsupported")
     salt, iterations, bits = info.get("salt"), info.get("iterations"), info.get("bits", 256)
-    if not isinstance(salt, str):
-        raise MalformedSecretStorage("the passphrase salt is not a string")
+    if not isinstance(salt, str) or not _utf8(salt):
+        raise MalformedSecretStorage("the passphrase salt is not a string of text")
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise MalformedSecretStorage("the passphrase iteration count is not an integer")
     if not 1 <= iterations <= MAX_PBKDF2_ITERATIONS:

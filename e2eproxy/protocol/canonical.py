@@ -5,11 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
 import canonicaljson
 import vodozemac
+
+
+def parse_json(data: bytes | str) -> Any:
+    """``json.loads`` for data from outside (a server, a peer, a file): JSON nested deeper
+    than the interpreter recurses is a ``ValueError`` like any other bad JSON, instead of a
+    ``RecursionError`` that no caller expects (one event of a room would fail every sync)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def canonical_json(value: Any) -> bytes:
@@ -64,6 +75,6 @@ def verify_json(value: Any, signer: str, key_id: str, ed25519_key: str) -> bool:
             return False
         public = vodozemac.Ed25519PublicKey.from_base64(ed25519_key)
         public.verify_signature(signable(value), vodozemac.Ed25519Signature.from_base64(signature))
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
         return False
     return True

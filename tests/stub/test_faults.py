@@ -126,3 +126,11 @@ async def test_a_late_answer_comes_after_the_work_is_done(
     with pytest.raises(TimeoutError):
         await alice.call("POST", "/createRoom", {}, timeout=aiohttp.ClientTimeout(total=0.2))
     assert len(stub.rooms.rooms) == 1
+
+
+async def test_a_raw_answer_is_sent_as_it_is(login: Login, stub: StubHomeserver) -> None:
+    alice = await login("alice")
+    stub.faults.add(r"/account/whoami", raw=b"[[[", times=1)
+    async with alice.http.get(alice.base_url + "/_matrix/client/v3/account/whoami") as resp:
+        assert (resp.status, resp.content_type, await resp.read()) == (
+            200, "application/json", b"[[[")

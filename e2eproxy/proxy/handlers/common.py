@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from e2eproxy.errors import Forbidden, MatrixError, MissingToken, Unrecognized, token_refused
+from e2eproxy.protocol.canonical import parse_json
 from e2eproxy.proxy.app_keys import REGISTRY, STOPPING, UPSTREAM
 from e2eproxy.proxy.registry import TokenInfo, token_of
 from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
@@ -67,7 +68,7 @@ async def forward_for_json(
     data = None
     if raw and "json" in answer_headers.get("Content-Type", ""):
         try:
-            data = json.loads(raw)
+            data = parse_json(raw)
         except ValueError:
             data = None
     if token_refused(status, data):
@@ -75,6 +76,16 @@ async def forward_for_json(
         if token:
             request.app[REGISTRY].forget_token(token)
     return Answer(status, answer_headers, raw, data)
+
+
+def json_bytes(data: Any) -> bytes:
+    """Compact UTF-8 JSON of a body the proxy rewrote. A string with a lone surrogate (what
+    `json.loads` makes of a "\\ud800" escape, which UTF-8 cannot hold) comes out escaped, as
+    it came: a body with one must not fail the whole response (a /sync would fail for ever)."""
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def respond(answer: Answer, data: Any = None) -> web.Response:
@@ -87,7 +98,7 @@ def respond(answer: Answer, data: Any = None) -> web.Response:
     return web.Response(
         status=answer.status,
         headers=headers,
-        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
+        body=json_bytes(data),
         content_type="application/json",
     )
 

@@ -4,7 +4,6 @@ encrypted media are fetched, checked against their hash, and served decrypted.""
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +29,7 @@ from e2eproxy.protocol.attachments import (
     HashCheck,
     parse_encrypted_file,
 )
+from e2eproxy.protocol.canonical import parse_json
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import MEDIA, REGISTRY, UPSTREAM
 from e2eproxy.proxy.handlers.common import (
@@ -373,7 +373,7 @@ async def copy_encrypted(request: web.Request, account: Account, mxc: str) -> Kn
 
 def _json(body: bytes) -> Any:
     with contextlib.suppress(ValueError):
-        return json.loads(body)
+        return parse_json(body)
     return None
 
 

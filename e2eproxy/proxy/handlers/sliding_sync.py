@@ -18,6 +18,7 @@ from e2eproxy.protocol import sliding
 from e2eproxy.proxy.handlers.common import forward_for_json, respond, token_info, unless_stopping
 from e2eproxy.proxy.handlers.decrypting import decrypt_in_place
 from e2eproxy.proxy.handlers.passthrough import passthrough
+from e2eproxy.proxy.handlers.sync import unreadable_sync_refused
 from e2eproxy.proxy.intake import CLIENT_STREAM, process_sync
 
 
@@ -40,8 +41,8 @@ async def sync(request: web.Request) -> web.StreamResponse:
         answer = await unless_stopping(request, forward_for_json(request, body=raw))
     if answer is None:
         raise Unavailable("e2eproxy is restarting; try again")
-    body = answer.data
-    if answer.status != 200 or not isinstance(body, dict):
+    body = unreadable_sync_refused(answer)
+    if body is None:
         return respond(answer)
     await process_sync(account, sliding.as_sync_body(body), CLIENT_STREAM,
                        initial="pos" not in request.query, key_uploads=key_uploads)

@@ -8,12 +8,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from e2eproxy.errors import Unavailable
+from e2eproxy.errors import HomeserverFailed, Unavailable
 from e2eproxy.protocol.filters import apply_client_filter, widen_filter
 from e2eproxy.protocol.rewrite import strip_crypto_to_device, sync_slots
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import UPSTREAM
 from e2eproxy.proxy.handlers.common import (
+    Answer,
     forward_for_json,
     respond,
     token_info,
@@ -56,6 +57,18 @@ def _stopping_answer(request: web.Request) -> web.Response:
     raise Unavailable("e2eproxy is restarting; try again")
 
 
+def unreadable_sync_refused(answer: Answer) -> dict[str, Any] | None:
+    """A sync answer's body for the engine; None for an error to pass on as it came. A 200 the
+    proxy cannot read (not JSON, not an object, nested past what the parser takes) is refused:
+    passed on, it would let the client acknowledge to-device messages (room keys) the engine
+    never saw."""
+    if answer.status != 200:
+        return None
+    if not isinstance(answer.data, dict):
+        raise HomeserverFailed("e2eproxy could not read the homeserver's sync answer")
+    return answer.data
+
+
 async def sync(request: web.Request) -> web.StreamResponse:
     info = await token_info(request)
     if info is None or info.account is None:
@@ -73,8 +86,8 @@ async def sync(request: web.Request) -> web.StreamResponse:
         answer = await unless_stopping(request, forward_for_json(request, path_and_query=path))
     if answer is None:
         return _stopping_answer(request)
-    body = answer.data
-    if answer.status != 200 or not isinstance(body, dict):
+    body = unreadable_sync_refused(answer)
+    if body is None:
         return respond(answer)
     await process_sync(account, body, CLIENT_STREAM, initial="since" not in request.query,
                        key_uploads=key_uploads)

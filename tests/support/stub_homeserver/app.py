@@ -64,6 +64,9 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         if request.transport is not None:
             request.transport.close()
         raise asyncio.CancelledError()
+    if fault.raw is not None:
+        return web.Response(body=fault.raw, status=fault.status or 200,
+                            content_type="application/json")
     if fault.status is None:
         response = await handler(request)
         if fault.late:

@@ -22,7 +22,8 @@ class Fault:
     drops the connection (``drop``), or answers ``status`` with Matrix error JSON, or, with
     neither, lets the request through. ``late``: the request is handled at once but its answer
     held back that many seconds (a server that did the work and answers after the client gave
-    up). ``query_regex`` narrows it to requests whose raw query
+    up). ``raw``: these bytes are the answer (``status``, else 200), as JSON no parser may
+    read. ``query_regex`` narrows it to requests whose raw query
     string matches (``re.search``): e.g. the proxy's background /sync, which alone asks for
     ``set_presence=offline``, apart from its client's.
     """
@@ -39,6 +40,7 @@ class Fault:
     times: int | None = None
     query_regex: str | None = None
     late: float = 0.0
+    raw: bytes | None = None
     hits: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
     _query: re.Pattern[str] | None = field(init=False, repr=False)
@@ -84,7 +86,7 @@ class FaultRegistry:
         errcode: str | None = None, error: str | None = None,
         retry_after_ms: int | None = None, body: JsonDict | None = None,
         delay: float = 0.0, drop: bool = False, times: int | None = None,
-        query_regex: str | None = None, late: float = 0.0,
+        query_regex: str | None = None, late: float = 0.0, raw: bytes | None = None,
     ) -> Fault:
         """Add a fault for requests whose path matches ``path_regex`` (``re.search``), and
         whose query string matches ``query_regex`` when one is given."""
@@ -92,7 +94,7 @@ class FaultRegistry:
             status = 429
         fault = Fault(
             path_regex, method, status, errcode, error, retry_after_ms, body, delay, drop, times,
-            query_regex, late,
+            query_regex, late, raw,
         )
         self.faults.append(fault)
         return fault
