@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import os
 import struct
 from typing import Any
@@ -26,6 +27,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from e2eproxy.errors import E2EProxyError
+from e2eproxy.protocol.canonical import parse_json
+
+log = logging.getLogger(__name__)
 
 HEADER = "-----BEGIN MEGOLM SESSION DATA-----"
 FOOTER = "-----END MEGOLM SESSION DATA-----"
@@ -60,7 +64,7 @@ class BadMac(KeyExportError):
 
 
 class InvalidExport(KeyExportError):
-    """The decrypted payload is not a JSON list of sessions with the required fields."""
+    """The decrypted payload is not a JSON list (an entry that is no session is skipped)."""
 
 
 def _derive(passphrase: str, salt: bytes, rounds: int) -> tuple[bytes, bytes]:
@@ -140,18 +144,27 @@ def decrypt_key_export(data: str, passphrase: str) -> list[dict[str, Any]]:
 
 def _parse_sessions(plaintext: bytes) -> list[dict[str, Any]]:
     try:
-        sessions = json.loads(plaintext.decode())
+        sessions = parse_json(plaintext.decode())
     except (UnicodeDecodeError, ValueError):
         raise InvalidExport("the decrypted key export is not valid JSON") from None
     if not isinstance(sessions, list):
         raise InvalidExport("the decrypted key export is not a JSON list")
+    usable = []
     for number, session in enumerate(sessions):
-        if not isinstance(session, dict):
-            raise InvalidExport(f"entry {number} of the key export is not an object")
-        for name in REQUIRED_FIELDS:
-            if not isinstance(session.get(name), str):
-                raise InvalidExport(f"entry {number} of the key export lacks {name!r}")
-        claimed = session.get("sender_claimed_keys", {})
-        if not isinstance(claimed, dict):
-            raise InvalidExport(f"entry {number}: sender_claimed_keys is not an object")
-    return sessions
+        problem = _entry_problem(session)
+        if problem is None:
+            usable.append(session)
+        else:  # as matrix-rust-sdk: one bad entry costs that entry, not the file
+            log.warning("Entry %d of the key export skipped: %s", number, problem)
+    return usable
+
+
+def _entry_problem(session: Any) -> str | None:
+    if not isinstance(session, dict):
+        return "not an object"
+    for name in REQUIRED_FIELDS:
+        if not isinstance(session.get(name), str):
+            return f"no {name!r} string"
+    if not isinstance(session.get("sender_claimed_keys", {}), dict):
+        return "sender_claimed_keys is not an object"
+    return None

@@ -100,12 +100,16 @@ def _record_from(entry: dict[str, Any], number: int) -> InboundGroupSessionRecor
 
 
 def parse_sessions(entries: list[dict[str, Any]]) -> list[InboundGroupSessionRecord]:
-    """Records for the Megolm entries; any bad entry fails the whole file (import nothing)."""
+    """Records for the Megolm entries; an entry whose key is bad is skipped with a warning
+    (as matrix-rust-sdk: it costs that entry, not the file), and not counted as imported."""
     records = []
     for number, entry in enumerate(entries):
         if entry["algorithm"] != MEGOLM_ALGORITHM:
             continue  # counted in the total, never imported
-        records.append(_record_from(entry, number))
+        try:
+            records.append(_record_from(entry, number))
+        except InvalidExport as exc:
+            log.warning("%s: skipped", exc)
     return records
 
 
@@ -146,7 +150,8 @@ async def import_room_keys(
 ) -> tuple[int, int]:
     """Import an armored export into ``user_id``'s account(s); returns (imported, total).
 
-    Every ``KeyExportError`` is raised before anything is stored.
+    A file that cannot be read raises its ``KeyExportError`` before anything is stored; an
+    entry that is no usable session is skipped (logged), the others imported.
     """
     accounts = await _accounts_of(store, user_id, device_id)
     entries = await asyncio.to_thread(decrypt_key_export, data, passphrase)

@@ -113,17 +113,26 @@ def test_cut_tail_is_bad_mac(good: str) -> None:
         kx.decrypt_key_export(_armor(_payload(good)[:-5]), "pw")
 
 
-@pytest.mark.parametrize(
-    "plaintext",
-    [b"not json", b'{"a": 1}', b"[1]", json.dumps([{**SESSION, "room_id": None}]).encode()],
-)
-def test_bad_json_or_missing_fields(plaintext: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def _export_of(plaintext: bytes, monkeypatch: pytest.MonkeyPatch) -> str:
     # Encrypt arbitrary bytes by swapping the JSON encoder for this one call.
     monkeypatch.setattr(kx.json, "dumps", lambda *_a, **_k: plaintext.decode("latin-1"))
     text = kx.encrypt_key_export([], "pw", rounds=FAST)
     monkeypatch.undo()
+    return text
+
+
+@pytest.mark.parametrize(
+    "plaintext", [b"not json", b'{"a": 1}', b"[" * 100_000 + b"]" * 100_000]
+)
+def test_not_a_json_list(plaintext: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(kx.InvalidExport):
-        kx.decrypt_key_export(text, "pw")
+        kx.decrypt_key_export(_export_of(plaintext, monkeypatch), "pw")
+
+
+def test_entries_that_are_no_session_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [1, {**SESSION, "room_id": None}, SESSION, {**SESSION, "sender_claimed_keys": 2}]
+    text = _export_of(json.dumps(entries).encode(), monkeypatch)
+    assert kx.decrypt_key_export(text, "pw") == [SESSION]
 
 
 def test_all_errors_are_key_export_errors() -> None:

@@ -135,14 +135,22 @@ async def test_bad_files_import_nothing(
     assert await store.count_inbound_group_sessions(ALICE) == 0
 
 
-async def test_one_bad_entry_imports_nothing(store: RecordStore) -> None:
+async def test_a_bad_entry_is_skipped_and_the_others_imported(
+    store: RecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As matrix-rust-sdk: one entry with a bad key, or a key of another session, costs that
+    entry only, with a warning naming it (and no key material)."""
     await _with_account(store)
     good = _entry(megolm_pair()[1], 0)
     bad = dict(_entry(megolm_pair()[1], 0), session_key="AAAA")
-    text = kx.encrypt_key_export([good, bad], "pw", rounds=FAST)
-    with pytest.raises(kx.InvalidExport, match="entry 1"):
-        await import_room_keys(store, ALICE.user_id, text, "pw")
-    assert await store.count_inbound_group_sessions(ALICE) == 0
+    other = dict(_entry(megolm_pair()[1], 0), session_id=good["session_id"])
+    text = kx.encrypt_key_export([bad, good, other], "pw", rounds=FAST)
+    assert await import_room_keys(store, ALICE.user_id, text, "pw") == (1, 3)
+    assert await store.count_inbound_group_sessions(ALICE) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("entry 0" in w for w in warnings) and any("entry 2" in w for w in warnings)
+    assert not any(str(bad["session_key"]) in w or str(other["session_key"]) in w
+                   for w in warnings)
 
 
 async def test_unknown_user_is_an_error(store: RecordStore) -> None:
