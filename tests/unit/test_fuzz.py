@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure
+from e2eproxy.protocol import api
+from e2eproxy.protocol.api import RequestKind
+from tests.support.fuzz import near_valid
 from tests.support.machine_pair import Client, FakeServer, make_clients
 
 ROOM = "!room:test"
+DEEP = b"[" * 100_000 + b"]" * 100_000  # deeper than Python's JSON parser recurses
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
@@ -132,3 +137,72 @@ def test_state_not_poisoned_after_fuzzing() -> None:
     fresh = ALICE.send(ROOM, "still works")
     BOB.tick()
     assert BOB.read(ROOM, fresh) == "still works"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(plaintext=st.binary(max_size=120)
+       | json_values.map(lambda v: json.dumps({"type": "m.room.message", "content": v,
+                                               "room_id": ROOM}).encode())
+       | st.just(DEEP))
+def test_hostile_megolm_plaintext(plaintext: bytes) -> None:
+    """A room member writes what they like inside their own Megolm session: any plaintext is
+    a failure or an event of this room, never an exception; the next genuine message reads."""
+    record = ALICE.machine._outbound.get(ROOM)
+    assert record is not None
+    content = {"algorithm": "m.megolm.v1.aes-sha2", "sender_key": ALICE.machine.identity_keys[
+        "curve25519"], "session_id": record.session.session_id, "device_id": ALICE.device_id,
+        "ciphertext": record.session.encrypt(plaintext).to_base64()}
+    event = SERVER.post_event(ROOM, ALICE.user_id, content)
+    result = BOB.machine.decrypt_room_event(ROOM, event)
+    if isinstance(result, Decrypted):
+        assert isinstance(result.event["content"], dict)
+    genuine = ALICE.send(ROOM, "still")  # shares a new session first when one is due
+    BOB.tick()
+    assert BOB.read(ROOM, genuine) == "still"
+
+
+QUERY_ANSWER = SERVER.handle(ALICE.key, api.keys_query([BOB.user_id]))
+BACKOFF_CAP_MS = 16 * 60_000
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_near_valid_keys_query_answers(data: st.DataObject) -> None:
+    """The homeserver's /keys/query answer, with fields missing, retyped, huge or deep: never
+    an exception, and the next genuine answer leaves Bob's device as it is."""
+    hostile = data.draw(near_valid(QUERY_ANSWER))
+    ALICE.machine.receive_sync({"device_lists": {"changed": [BOB.user_id]}})
+    for query in ALICE.machine.outgoing_requests():
+        ALICE.machine.mark_request_as_sent(
+            query.id, hostile if query.kind is RequestKind.KEYS_QUERY else {})
+    SERVER.clock.advance(BACKOFF_CAP_MS)  # an answer's `failures` backs the server off
+    ALICE.machine.receive_sync({"device_lists": {"changed": [BOB.user_id]}})
+    ALICE.flush()
+    device = ALICE.machine.get_device(BOB.user_id, BOB.device_id)
+    assert device is not None and not device.deleted
+    assert device.keys == SERVER.device_keys[BOB.user_id][BOB.device_id]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_near_valid_sync_bodies(data: st.DataObject) -> None:
+    """A genuine /sync body (a room key, device lists, key counts, room state) made near-valid:
+    never an exception, and the room key of the next genuine sync lands."""
+    BOB.machine.receive_sync(data.draw(near_valid(_sync_with_a_new_key())))
+    BOB.persist()
+    BOB.machine.receive_sync(_sync_with_a_new_key())
+    BOB.persist()
+    event = SERVER.post_event(ROOM, ALICE.user_id,
+                              ALICE.machine.encrypt(ROOM, "m.room.message", {"body": "after"}))
+    assert BOB.read(ROOM, event) == "after"
+
+
+def _sync_with_a_new_key() -> dict[str, Any]:
+    ALICE.machine.discard_room_key(ROOM)
+    ALICE.share(ROOM)
+    body = SERVER.sync_body(BOB.key)
+    body["device_lists"]["changed"] = [ALICE.user_id]
+    body["rooms"]["join"][ROOM] = {"state": {"events": [
+        {"type": "m.room.member", "state_key": BOB.user_id, "sender": BOB.user_id,
+         "content": {"membership": "join"}, "event_id": "$m"}]}}
+    return body
