@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from pathlib import Path
 
@@ -22,8 +23,29 @@ from e2eproxy.store import open_store
 
 log = logging.getLogger("e2eproxy")
 
+# The open files limit taken when the hard limit is unlimited.
+FD_LIMIT_WITHOUT_HARD = 65_536
 # In-flight requests get this long to finish after a stop signal.
 SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one; returns the limit now in force.
+
+    Every account holds a long-poll to the homeserver, so a thousand accounts need a thousand
+    sockets besides the clients': the usual soft limit of 1024 would stop a fleet with "too
+    many open files" (Synapse raises its limit the same way)."""
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == infinity or (hard != infinity and soft >= hard):
+        return int(soft)
+    target = hard if hard != infinity else max(soft, FD_LIMIT_WITHOUT_HARD)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("Could not raise the open files limit from %d: %s", soft, exc)
+        return int(soft)
+    return int(target)
 
 
 def prepare_data_dir(path: Path) -> None:
@@ -40,6 +62,7 @@ def prepare_data_dir(path: Path) -> None:
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Start every listener, wait for a stop signal (or `stop`), then shut down cleanly."""
     prepare_data_dir(config.store.data_dir)
+    raise_fd_limit()
     stop = stop or asyncio.Event()
     # One control socket for the process; each listener's registry joins the list the
     # commands read as soon as it is up. Served first: a second process on this data dir is
