@@ -14,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from e2eproxy.errors import Unrecognized, UpstreamError
+from e2eproxy.protocol.canonical import parse_json
 from e2eproxy.proxy.targets import target_problem
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Upstream:
         async with self.open(method, path, headers, data, long_poll) as response:
             raw = await response.read()
         try:
-            return response.status, json.loads(raw) if raw else None
+            return response.status, parse_json(raw) if raw else None
         except ValueError:
             return response.status, None
 

@@ -10,6 +10,7 @@ import pytest
 from tests.integration.conftest import StartE2EEProxy, proxied
 from tests.support.plain_client import V3, direct
 from tests.support.stub_homeserver import StubHomeserver
+from tests.support.wire import encryption_state, raw_messages
 
 
 async def test_an_event_with_a_lone_surrogate_reaches_the_client(
@@ -45,3 +46,17 @@ async def test_a_sync_answer_the_proxy_cannot_read_is_not_passed_on(
                                      params={"since": bob.next_batch or "", "timeout": "0"})
     assert (status, body["errcode"]) == (502, "M_UNKNOWN"), body
     await bob.sync()
+
+
+async def test_an_answer_too_deep_to_read_is_the_homeservers_failure(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
+) -> None:
+    """An answer to a request of the proxy's own (is this room encrypted?) nested past what the
+    parser takes was an internal error (500); it is the homeserver's failure, nothing sent."""
+    _, (alice,) = await proxied(stub, session, start_e2ee_proxy, "alice")
+    room_id = stub.create_room(alice.user_id, initial_state=[encryption_state()])
+    stub.faults.add(r"/state/m\.room\.encryption", method="GET",
+                    raw=b"[" * 100_000 + b"]" * 100_000)
+    status, body = await alice.send_raw(room_id, {"msgtype": "m.text", "body": "secret"})
+    assert (status, body["errcode"]) == (502, "M_UNKNOWN"), body
+    assert raw_messages(stub.raw_events(room_id)) == []
