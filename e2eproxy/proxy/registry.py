@@ -22,6 +22,7 @@ from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.errors import HomeserverFailed, MatrixError, StoreError, StoreLocked, UpstreamError
 from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
+from e2eproxy.proxy.keyed_locks import KeyedLocks
 from e2eproxy.proxy.lease_keeper import keep_leases
 from e2eproxy.proxy.upstream import Upstream
 from e2eproxy.proxy.worker import start_worker, stop_worker
@@ -104,7 +105,11 @@ class AccountRegistry:
         self.on_new_account = on_new_account
         self.accounts: dict[AccountKey, Account] = {}
         self.tokens: dict[str, TokenInfo] = {}
-        self._attach_lock = asyncio.Lock()
+        # One attach (or takeover) of a device at a time, while other devices go on: one may
+        # wait for its lease for a whole lease term (a stalled or dead holder).
+        self._device_locks: KeyedLocks[AccountKey] = KeyedLocks()
+        # Keys are created one at a time, so max_accounts holds.
+        self._create_lock = asyncio.Lock()
         self._lease_task: asyncio.Task[None] | None = None
         # Stored accounts adopt_unheld never takes: of another homeserver, or without a token.
         self._not_ours: set[AccountKey] = set()
@@ -161,7 +166,7 @@ class AccountRegistry:
             if token is None or not self._of_this_server(key.user_id):
                 self._not_ours.add(key)
                 continue
-            async with self._attach_lock:
+            async with self._device_locks.hold(key):
                 if key in self.accounts:
                     continue
                 try:
@@ -279,7 +284,7 @@ class AccountRegistry:
         """Bind a token to its device's account: restore it, create it, or refuse it. Only for
         a (user, device, token) the homeserver confirmed."""
         key = AccountKey(UserId(user_id), DeviceId(device_id))
-        async with self._attach_lock:
+        async with self._device_locks.hold(key):
             if self._of_this_server(user_id):
                 account, refusal = await self._bind(key, token, new_device)
             else:
@@ -293,7 +298,8 @@ class AccountRegistry:
 
     async def _bind(self, key: AccountKey, token: str, new_device: bool = False
                     ) -> tuple[Account | None, str | None]:
-        """(account, None), or (None, why this token gets no keys). Call with the attach lock."""
+        """(account, None), or (None, why this token gets no keys). Call with the device's
+        lock."""
         self._not_ours.discard(key)
         account = self.accounts.get(key)
         if account is not None:
@@ -313,13 +319,14 @@ class AccountRegistry:
             return account, None
         if not new_device and await self._device_has_keys(key.user_id, key.device_id, token):
             return None, FOREIGN_DEVICE
-        if len(self.accounts) >= self.max_accounts:
-            log.warning(
-                "Not creating keys for %s %s: this listener holds its maximum of %d devices "
-                "(servers.NAME.max_accounts)", key.user_id, key.device_id, self.max_accounts,
-            )
-            return None, TOO_MANY_ACCOUNTS
-        return await self._create(key, token), None
+        async with self._create_lock:
+            if len(self.accounts) >= self.max_accounts:
+                log.warning(
+                    "Not creating keys for %s %s: this listener holds its maximum of %d devices "
+                    "(servers.NAME.max_accounts)", key.user_id, key.device_id, self.max_accounts,
+                )
+                return None, TOO_MANY_ACCOUNTS
+            return await self._create(key, token), None
 
     def _remember(self, token: str, info: TokenInfo) -> None:
         # Refreshed tokens are never asked for again: sweep the expired ones now and then, or a

@@ -154,3 +154,28 @@ async def test_a_held_upload_is_sent_only_by_the_instance_that_holds_it(
     assert "another e2eproxy instance" in body["error"]
     assert len(stub.requests_to(r"/rooms/[^/]*/send")) == sends_before  # no event
     assert stub_media(stub, mxc).content is None  # reserved, never filled
+
+
+async def test_waiting_for_one_account_holds_up_no_other(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    """While a request waits for its account to be handed over (up to a renewal round, or a
+    dead holder's whole lease), other tokens and logins on the instance go on."""
+    shared = MemoryBackend()
+    first = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-1"))
+    second = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-2"))
+    (alice,) = await login_all(session, first.url, stub, "alice")
+    keeper = registry_of(first)._lease_task
+    assert keeper is not None
+    keeper.cancel()  # the first instance stalls: it renews nothing and hands nothing over
+
+    moved = PlainClient(session, second.url, alice.access_token)
+    waiting = asyncio.ensure_future(moved.sync())
+    await until("the second instance asked for alice",
+                lambda: _wanted(registry_of(first), alice.user_id))
+    (carol,) = await login_all(session, second.url, stub, "carol")  # not behind alice's wait
+    assert "next_batch" in await carol.sync()
+    assert not waiting.done()
+    await renew_round(registry_of(first))  # the first instance hands alice over after all
+    assert "next_batch" in await waiting
+    assert alice.user_id in {a.user_id for a in registry_of(second).accounts.values()}
