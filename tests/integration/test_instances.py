@@ -25,7 +25,7 @@ from tests.support.plain_client import (
     upload_media,
 )
 from tests.support.stub_homeserver import StubHomeserver
-from tests.support.timing import until
+from tests.support.timing import ScaledTimer, until
 
 
 def registry_of(proxy: RunningProxy) -> AccountRegistry:
@@ -179,3 +179,20 @@ async def test_waiting_for_one_account_holds_up_no_other(
     await renew_round(registry_of(first))  # the first instance hands alice over after all
     assert "next_batch" in await waiting
     assert alice.user_id in {a.user_id for a in registry_of(second).accounts.values()}
+
+
+async def test_an_instance_takes_over_by_itself_the_accounts_of_one_that_stopped(
+    stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy,
+) -> None:
+    shared = MemoryBackend()
+    first = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-1"))
+    # The second's renewal rounds (and every other wait of its) run 100 times faster.
+    second = await start_e2ee_proxy(store=RecordStore(shared, holder="instance-2"),
+                                    timer=ScaledTimer(0.01))
+    (alice,) = await login_all(session, first.url, stub, "alice")
+    await first.stop()
+
+    async def adopted() -> bool:
+        return alice.user_id in {a.user_id for a in registry_of(second).accounts.values()}
+
+    await until("the second instance took alice over, with no request for her", adopted)
