@@ -55,6 +55,8 @@ def _effective(config: Config) -> dict[str, Any]:
     for server in data["servers"].values():
         server.pop("name")
         server["listen"] = f"{server['listen']['host']}:{server['listen']['port']}"
+    if config.metrics.listen is not None:
+        data["metrics"]["listen"] = str(config.metrics.listen)
     passphrase = config.store_passphrase()
     data["store"]["passphrase"] = "<set>" if passphrase else "<not set>"
     if config.store.url is not None:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             log_level=args.log_level,
         )
-        setup_logging(config.log.level)
+        setup_logging(config.log.level, config.log.format)
         from e2eproxy.service import serve
 
         asyncio.run(serve(config))

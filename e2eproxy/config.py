@@ -6,7 +6,6 @@ start print one useful line instead of a traceback.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -14,12 +13,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
 from e2eproxy.config_table import Table
+from e2eproxy.config_values import (
+    ListenAddress,
+    check_store_url,
+    check_url,
+    mask_url,
+    parse_listen,
+)
 from e2eproxy.errors import ConfigError
+
+__all__ = [
+    "Config", "EncryptionConfig", "ListenAddress", "LogConfig", "MetricsConfig", "ServerConfig",
+    "StoreConfig", "check_store_url", "check_url", "load_config", "mask_url", "parse_config",
+    "parse_listen", "store_only_config", "with_overrides",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:8009"
 DEFAULT_MAX_JSON_BODY = 1024 * 1024
@@ -28,23 +39,13 @@ DEFAULT_MAX_ACCOUNTS = 1000
 PASSPHRASE_ENV = "E2EPROXY_STORE_PASSPHRASE"
 SYSTEMD_CREDENTIAL = "store-passphrase"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 SHARE_STRATEGIES = ("all", "cross-signed", "verified")
 UNDECRYPTABLE_MODES = ("notice", "raw")
 PLAINTEXT_FILE_MODES = ("refuse", "copy")
-STORE_URL_SCHEMES = ("postgresql", "postgres")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 # The spec's server name grammar: a DNS name, IPv4 or [IPv6] address, and an optional port.
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 SERVER_NAME = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,15 @@ class StoreConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
+    # "text": one human-readable line per record; "json": one JSON object per line.
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Where /metrics and /health are served; None (the default): no such listener. Never the
+    # Matrix listener: any local process or web page can reach that one.
+    listen: ListenAddress | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"
 
     def store_passphrase(self) -> str | None:
@@ -151,65 +162,6 @@ def _read_passphrase(path: Path, what: str) -> str:
     if not passphrase:
         raise ConfigError(f"{what}: {path} is empty")
     return passphrase
-
-
-def parse_listen(value: str, key: str, source: str = "<flag>") -> ListenAddress:
-    """Parse HOST:PORT (IPv6 as [::1]:PORT)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"{source}: {key}: expected HOST:PORT, got {value!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{source}: {key}: port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{source}: {key}: port {port} is out of range 1-65535")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError(
-                f"{source}: {key}: {host!r} is not an IP address (or 'localhost')"
-            ) from None
-    return ListenAddress(host, port)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (user:PASSWORD@ or ?password=) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        has_password = parts.password is not None
-    except ValueError:
-        return "<unparsable URL>"
-    if has_password:  # the netloc is not empty, so this round trip keeps the URL's form
-        user = parts.netloc.rpartition("@")[0].partition(":")[0]
-        host = parts.netloc.rpartition("@")[2]
-        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    return _QUERY_PASSWORD.sub(r"\1***", url)
-
-
-def check_store_url(value: str, key: str, source: str) -> str:
-    """A PostgreSQL connection URL; the error never shows its password."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(f"{source}: {key}: not a valid URL: {mask_url(value)!r}") from None
-    if parts.scheme not in STORE_URL_SCHEMES:
-        raise ConfigError(f"{source}: {key}: expected a postgresql:// URL, got {mask_url(value)!r}")
-    if parts.fragment:
-        raise ConfigError(f"{source}: {key}: URL must not have a fragment: {mask_url(value)!r}")
-    return value
-
-
-def check_url(value: str, key: str, source: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{source}: {key}: expected an http(s) URL, got {value!r}")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{source}: {key}: URL must not have a query or fragment: {value!r}")
-    return value.rstrip("/")
 
 
 def _server(name: str, data: Any, source: str) -> ServerConfig:
@@ -277,9 +229,20 @@ def _store(data: Any, source: str, base: Path) -> StoreConfig:
 
 def _log(data: Any, source: str) -> LogConfig:
     table = Table(data, "log", source)
-    log = LogConfig(level=table.choice("level", LOG_LEVELS, "info"))
+    log = LogConfig(level=table.choice("level", LOG_LEVELS, "info"),
+                    format=table.choice("format", LOG_FORMATS, "text"))
     table.finish()
     return log
+
+
+def _metrics(data: Any, source: str) -> MetricsConfig:
+    table = Table(data, "metrics", source)
+    listen = table.get("listen", str, None)
+    metrics = MetricsConfig(
+        listen=None if listen is None else parse_listen(listen, table.key("listen"), source)
+    )
+    table.finish()
+    return metrics
 
 
 def _encryption(data: Any, source: str) -> EncryptionConfig:
@@ -310,6 +273,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None,
         store=_store(top.get("store", dict, {}), source, base),
         log=_log(top.get("log", dict, {}), source),
         encryption=_encryption(top.get("encryption", dict, {}), source),
+        metrics=_metrics(top.get("metrics", dict, {}), source),
         source=source,
     )
     top.finish()
@@ -318,7 +282,7 @@ def parse_config(data: Mapping[str, Any], source: str, base: Path | None = None,
 
 
 def validate(config: Config, require_servers: bool = True) -> None:
-    """Checks across tables: at least one server, no two listeners on one address."""
+    """Checks across tables: at least one server, no two listeners on one port."""
     if require_servers and not config.servers:
         raise ConfigError(
             f"{config.source}: servers: no [servers.NAME] table (or --homeserver) given"
@@ -334,6 +298,12 @@ def validate(config: Config, require_servers: bool = True) -> None:
                 f"is already used by servers.{seen[port]}"
             )
         seen[port] = server.name
+    listen = config.metrics.listen
+    if listen is not None and listen.port in seen:
+        raise ConfigError(
+            f"{config.source}: metrics.listen: port {listen.port} "
+            f"is already used by servers.{seen[listen.port]}"
+        )
 
 
 def load_config(path: Path, require_servers: bool = True) -> Config:

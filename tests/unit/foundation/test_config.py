@@ -29,7 +29,7 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
     assert [s.name for s in config.servers] == ["main"]
     assert config.servers[0].listen == ListenAddress("127.0.0.1", 8009)
     example = (REPO / "config.example.toml").read_text()
-    for section in ("store", "log", "encryption"):
+    for section in ("store", "log", "encryption", "metrics"):
         for key in getattr(config, section).__dataclass_fields__:
             assert f"{key} =" in example, f"{section}.{key} is not documented"
     for key in config.servers[0].__dataclass_fields__:
@@ -110,6 +110,27 @@ def test_several_servers_each_with_a_listener(tmp_path: Path) -> None:
             '[servers.a]\nhomeserver = "https://x"\nmax_accounts = -1',
             "servers.a.max_accounts: must be positive",
         ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\n[log]\nformat = "xml"',
+            "log.format: must be one of text, json",
+        ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\n[metrics]\nlisten = "0.0.0.0"',
+            "metrics.listen: expected HOST:PORT",
+        ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\n[metrics]\nlisten = 9109',
+            "metrics.listen: expected str, got int",
+        ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\n[metrics]\nport = 9109',
+            "metrics.port: unknown key",
+        ),
+        (
+            '[servers.a]\nhomeserver = "https://x"\n[metrics]\nlisten = "127.0.0.1:8009"',
+            "metrics.listen: port 8009 is already used by servers.a",
+        ),
+        ('metrics = 1\n[servers.a]\nhomeserver = "https://x"', "metrics: expected dict, got int"),
         ('homeserver = "https://x"', "homeserver: unknown key"),
         ("", "servers: no [servers.NAME] table"),
         ("[servers.a\n", "not valid TOML"),
@@ -202,3 +223,17 @@ def test_a_server_may_choose_its_own_sharing_strategy(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"servers\.a\.share_strategy: must be one of"):
         load_config(write(tmp_path, '[servers.a]\nhomeserver = "https://x"\n'
                                     'share_strategy = "everyone"\n'))
+
+
+def test_metrics_listener_is_off_unless_configured_and_logs_are_text(tmp_path: Path) -> None:
+    plain = load_config(write(tmp_path, '[servers.a]\nhomeserver = "https://x"'))
+    assert plain.metrics.listen is None
+    assert plain.log.format == "text"
+    config = load_config(write(tmp_path, (
+        '[servers.a]\nhomeserver = "https://x"\n'
+        '[metrics]\nlisten = "[::1]:9109"\n[log]\nformat = "json"\n'
+    )))
+    assert config.metrics.listen == ListenAddress("::1", 9109)
+    assert config.log.format == "json"
+    # The flags keep what the file says of them.
+    assert with_overrides(config, log_level="debug").metrics == config.metrics

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 
-from e2eproxy.log import RedactingFilter, redact
+from e2eproxy.log import RedactingFilter, redact, setup_logging
 
 
 @pytest.mark.parametrize(
@@ -67,3 +70,44 @@ def test_a_decrypted_file_name_stays_out_of_the_request_log() -> None:
     request = make_mocked_request("GET", "/_matrix/client/v1/media/download/s/id/secret-plan.pdf")
     request.match_info.update({"server": "s", "media_id": "id", "filename": "secret-plan.pdf"})
     assert loggable_path(request) == "/_matrix/client/v1/media/download/s/id/<filename>"
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """setup_logging replaces the root logger's handlers: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_logs_are_one_redacted_object_per_line(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging("info", "json")
+    logger = logging.getLogger("e2eproxy.test.json")
+    logger.info("login of %s with %s", "@a:b", '{"access_token": "syt_json_secret"}')
+    try:
+        raise ValueError("bad header Authorization: Bearer syt_json_traceback")
+    except ValueError:
+        logger.exception("request failed")
+    logger.debug("not at this level")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert set(first) == {"time", "level", "logger", "message"}
+    assert first["level"] == "INFO" and first["logger"] == "e2eproxy.test.json"
+    assert first["message"] == 'login of @a:b with {"access_token": "<redacted>"}'
+    assert datetime.fromisoformat(first["time"]).tzinfo is not None
+    assert second["message"] == "request failed" and second["level"] == "ERROR"
+    assert "ValueError" in second["exception"]
+    assert "syt_json_secret" not in "\n".join(lines)
+    assert "syt_json_traceback" not in "\n".join(lines)
+
+
+def test_text_logs_stay_the_default(root_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("info")
+    logging.getLogger("e2eproxy.test.text").info("token %s", "access_token=syt_text_secret")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("INFO e2eproxy.test.text: token access_token=<redacted>")
