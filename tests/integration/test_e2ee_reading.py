@@ -14,7 +14,7 @@ import pytest
 from e2eproxy.config import EncryptionConfig
 from e2eproxy.protocol.canonical import verify_json
 from tests.integration.conftest import StartE2EEProxy, proxied
-from tests.support.plain_client import PlainClient, login_all
+from tests.support.plain_client import PlainClient, login_all, third_party_encrypted_event
 from tests.support.stub_homeserver import StubHomeserver
 from tests.support.wire import MEGOLM, assert_ciphertext_only, raw_messages
 
@@ -256,38 +256,13 @@ async def test_olm_to_device_never_reaches_the_plain_client(
     assert "org.example.ping" in types, "a non-crypto to-device event must reach the client"
 
 
-async def _third_party_encrypted_event(stub: StubHomeserver, room_id: str) -> str:
-    """Carol, who never talked to the proxy, puts an event encrypted with a session nobody was
-    given straight into the room on the stub."""
-    stub.register("carol", "pw")
-    carol = stub.login("carol", "pw", device_id="CAROLDEV")
-    room = stub.room(room_id)
-    stub.room_ops.invite(room, room.members()[0], carol.user_id)
-    stub.room_ops.join(room, carol.user_id)
-    stored = stub.room_ops.send(
-        room,
-        carol.user_id,
-        "m.room.encrypted",
-        {
-            "algorithm": MEGOLM,
-            "sender_key": "Y2Fyb2wgc2VuZGVyIGtleSAzMiBieXRlcyBsb25nIQ",
-            "device_id": carol.device_id,
-            "session_id": "c2Vzc2lvbiBub2JvZHkgd2FzIGdpdmVu",
-            "ciphertext": "QXdnQUVpQmxhaA",
-        },
-        carol.device_id,
-        "carol-txn",
-    )
-    return stored.event_id
-
-
 async def test_undecryptable_event_becomes_a_visible_notice(
     stub: StubHomeserver, session: aiohttp.ClientSession, start_e2ee_proxy: StartE2EEProxy
 ) -> None:
     _, bob, room_id = await alice_and_bob(
         stub, session, start_e2ee_proxy, EncryptionConfig(missing_key_wait=0.2)
     )
-    event_id = await _third_party_encrypted_event(stub, room_id)
+    event_id = third_party_encrypted_event(stub, room_id)
     seen = await bob.wait_for_event(room_id, event_id)
     assert seen["type"] == "m.room.message"
     assert seen["content"]["msgtype"] == "m.notice"
@@ -304,7 +279,7 @@ async def test_undecryptable_raw_mode_passes_the_encrypted_event(
 ) -> None:
     raw_mode = EncryptionConfig(missing_key_wait=0.2, undecryptable="raw")
     _, bob, room_id = await alice_and_bob(stub, session, start_e2ee_proxy, raw_mode)
-    event_id = await _third_party_encrypted_event(stub, room_id)
+    event_id = third_party_encrypted_event(stub, room_id)
     seen = await bob.wait_for_event(room_id, event_id)
     assert seen["type"] == "m.room.encrypted"
     stored = next(e for e in stub.raw_events(room_id) if e["event_id"] == event_id)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tests.support.wire import encryption_state
+from tests.support.wire import MEGOLM, encryption_state
 
 V3 = "/_matrix/client/v3"
 V1 = "/_matrix/client/v1"
@@ -315,6 +315,31 @@ def to_device_recipients(requests: list[Any], since: int = 0) -> list[tuple[str,
         for user_id, devices in messages.items():
             found.extend((user_id, device_id) for device_id in devices)
     return found
+
+
+def third_party_encrypted_event(stub: Any, room_id: str) -> str:
+    """Carol, who never talked to the proxy, puts an event encrypted with a session nobody was
+    given straight into the room on the stub; returns its event id (nobody can decrypt it)."""
+    stub.register("carol", "pw")
+    carol = stub.login("carol", "pw", device_id="CAROLDEV")
+    room = stub.room(room_id)
+    stub.room_ops.invite(room, room.members()[0], carol.user_id)
+    stub.room_ops.join(room, carol.user_id)
+    stored = stub.room_ops.send(
+        room,
+        carol.user_id,
+        "m.room.encrypted",
+        {
+            "algorithm": MEGOLM,
+            "sender_key": "Y2Fyb2wgc2VuZGVyIGtleSAzMiBieXRlcyBsb25nIQ",
+            "device_id": carol.device_id,
+            "session_id": "c2Vzc2lvbiBub2JvZHkgd2FzIGdpdmVu",
+            "ciphertext": "QXdnQUVpQmxhaA",
+        },
+        carol.device_id,
+        "carol-txn",
+    )
+    return str(stored.event_id)
 
 
 async def encrypted_room_of(creator: PlainClient, *others: PlainClient, **encryption: Any) -> str:
