@@ -90,3 +90,6 @@ class SyncResult:
     # Inbound sessions our own devices asked for that the engine does not hold in memory: load
     # them from the store in the same step (``load_inbound_group_sessions``) to answer.
     sessions_to_load: list[tuple[RoomId, SessionId]] = field(default_factory=list)
+    # The type of each new to-device event taken in (not the ones seen before), in order; an
+    # Olm-encrypted one by the type inside when it decrypted (for the shell's metrics).
+    to_device_types: list[str] = field(default_factory=list)

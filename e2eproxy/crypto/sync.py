@@ -129,6 +129,7 @@ class SyncProcessor:
         if len(self._seen) > MAX_SEEN_HASHES:
             self._seen.popitem(last=False)
         self._p.log.to_device_hash(digest)
+        result.to_device_types.append(event["type"])
         sender = event.get("sender")
         content = event.get("content")
         plain = ToDeviceEvent(
@@ -153,6 +154,8 @@ class SyncProcessor:
             device.user_id != sender or device_ed25519(device) != decrypted.sender_ed25519
         ):
             device = None
+        if result.to_device_types:  # the event _to_device listed last: counted as its payload
+            result.to_device_types[-1] = decrypted.event_type
         identity = ToDeviceSender(sender, decrypted.sender_key, decrypted.sender_ed25519, device)
         inner = ToDeviceEvent(decrypted.event_type, decrypted.content, identity, encrypted=True)
         self.router.dispatch(inner, result)

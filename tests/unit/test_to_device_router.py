@@ -116,3 +116,17 @@ def test_one_handler_per_type() -> None:
     router.register("m.x", lambda event, result: None)
     with pytest.raises(ValueError):
         router.register("m.x", lambda event, result: None)
+
+
+def test_the_sync_result_lists_each_new_event_by_the_type_it_carried() -> None:
+    """For the shell's metrics: a decrypted event by its inner type, one that would not
+    decrypt as m.room.encrypted, and one seen before not at all."""
+    server, (alice, bob) = make_clients("alice", "bob")
+    _capture(bob, NEW_TYPE, plaintext=False)
+    _olm_to(alice, bob, NEW_TYPE, {"hello": "bob"})
+    plain = {"type": "org.example.plain", "sender": alice.user_id, "content": {"x": 1}}
+    broken = {"type": "m.room.encrypted", "sender": alice.user_id,
+              "content": {"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {}}}
+    server.inbox[bob.key].extend([plain, dict(plain), broken])
+    result = bob.sync()
+    assert result.to_device_types == [NEW_TYPE, "org.example.plain", "m.room.encrypted"]
