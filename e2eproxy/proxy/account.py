@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from e2eproxy.crypto.machine import OlmMachine
+from e2eproxy.monitoring.metrics import Metrics
 from e2eproxy.store import AccountKey, Store
 from e2eproxy.timing import SystemTimer, Timer
 
@@ -46,6 +48,8 @@ MEMBERS_TTL_S = 300.0
 # The store secret naming the homeserver an account belongs to: several homeservers may share
 # one store, and the same user ID on two of them is two accounts that share nothing.
 HOMESERVER_SECRET = "homeserver"
+# Where an account made without its registry's metrics counts (tests that build one by hand).
+UNSERVED_METRICS = Metrics()
 
 
 @dataclass(eq=False)
@@ -106,10 +110,15 @@ class Account:
     reload: Callable[[], Awaitable[OlmMachine]] | None = None
     # A commit failed after the engine had moved on: rebuild it before its next step.
     engine_ahead: bool = False
+    metrics: Metrics = UNSERVED_METRICS
+    # ``timer.monotonic()`` when a sync (either stream's) was last applied; at first, when the
+    # account began to be driven here. The metrics' sync lag.
+    synced_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.token_valid.set()
         self.client_idle.set()
+        self.synced_at = self.timer.monotonic()
 
     @contextlib.contextmanager
     def client_polling(self) -> Iterator[None]:
@@ -154,9 +163,11 @@ class Account:
             changes = self.machine.take_changes()
             if not changes.is_empty() or step.sync_tokens or step.txns:
                 try:
+                    started = time.perf_counter()
                     await self.store.save(self.key, changes,
                                           sync_tokens=step.sync_tokens or None,
                                           txns=step.txns or None)
+                    self.metrics.observe_commit(self.store, time.perf_counter() - started)
                 except BaseException as exc:
                     # Kept as it is, the engine would act on what the store lost (a room key
                     # it would never save, a to-device event it would skip as seen when the

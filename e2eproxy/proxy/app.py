@@ -13,8 +13,18 @@ from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.settings import SharingStrategy
+from e2eproxy.monitoring.metrics import SERVER_LABEL, Metrics
 from e2eproxy.proxy.account import Account
-from e2eproxy.proxy.app_keys import CONFIG, HOST_NAMES, MEDIA, REGISTRY, SERVER, STOPPING, UPSTREAM
+from e2eproxy.proxy.app_keys import (
+    CONFIG,
+    HOST_NAMES,
+    MEDIA,
+    METRICS,
+    REGISTRY,
+    SERVER,
+    STOPPING,
+    UPSTREAM,
+)
 from e2eproxy.proxy.media import MediaService, MediaSpool, expire_uploads_forever
 from e2eproxy.proxy.middleware import (
     add_cors_headers,
@@ -72,9 +82,11 @@ def create_app(
     *,
     store: Store | None = None,
     timer: Timer | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The proxy for one homeserver. Without `store`, the app opens (and closes) the one the
-    configuration describes; `timer` is the time its accounts and their engines see."""
+    configuration describes; `timer` is the time its accounts and their engines see; without
+    `metrics` (the process's, which all its listeners share), the app counts in its own."""
     app = web.Application(
         middlewares=[request_log_middleware, errors_middleware, target_guard_middleware],
         # Bodies the proxy reads whole are bounded; the ones it passes on stream, as sent.
@@ -90,6 +102,8 @@ def create_app(
     app[CONFIG] = config
     app[SERVER] = server
     app[HOST_NAMES] = allowed_host_names(server)
+    app[METRICS] = counted = metrics or Metrics()
+    app[SERVER_LABEL] = server.name
     upstream = Upstream(server.homeserver, read_timeout=server.upstream_timeout)
     app[UPSTREAM] = upstream
     app[STOPPING] = asyncio.Event()
@@ -111,8 +125,10 @@ def create_app(
             server_name=server.server_name,
             max_accounts=server.max_accounts,
             on_new_account=automatic_recovery(server, upstream),
+            metrics=counted,
         )
         app[REGISTRY] = registry
+        counted.accounts.watch(server.name, registry)
         spool = MediaSpool(config.store.data_dir / "media")
         spool.prepare()
         media = app[MEDIA] = MediaService(spool, config.encryption.pending_upload_ttl)
@@ -126,6 +142,7 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await expiry
         await registry.close()
+        counted.accounts.unwatch(server.name, registry)
         if own_store:
             await opened.close()
         await upstream.close()

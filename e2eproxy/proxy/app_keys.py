@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
+from e2eproxy.monitoring.metrics import Metrics
 from e2eproxy.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -23,3 +24,5 @@ REGISTRY: web.AppKey[AccountRegistry] = web.AppKey("registry")
 MEDIA: web.AppKey[MediaService] = web.AppKey("media")
 # Set when the proxy begins to stop: long-polls waiting on the homeserver give up at once.
 STOPPING = web.AppKey("stopping", asyncio.Event)
+# The process's metrics (one registry for all its listeners; each app's own in a test).
+METRICS = web.AppKey("metrics", Metrics)

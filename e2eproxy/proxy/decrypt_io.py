@@ -122,9 +122,17 @@ async def decrypt_slots(
 ) -> list[Result]:
     """Decrypt every slot; with `upstream`, a missing key is fetched from the key backup first
     (when we hold its key); with `wait_s`, keys still on their way (for the slots `may_wait`
-    accepts) get that long to arrive."""
+    accepts) get that long to arrive. The final results are counted in the metrics."""
     if not slots:
         return []
+    results = await _decrypt_waiting(account, slots, wait_s, may_wait, upstream)
+    account.metrics.count_decryptions(results)
+    return results
+
+
+async def _decrypt_waiting(account: Account, slots: list[Slot], wait_s: float,
+                           may_wait: Callable[[Slot], bool], upstream: Upstream | None
+                           ) -> list[Result]:
     results = await _decrypt_now(account, slots)
     if upstream is not None:
         await _from_backup(upstream, account, slots, results)

@@ -59,8 +59,10 @@ async def process_sync(account: Account, body: dict[str, Any], stream: str, *,
             step.machine.mark_all_tracked_users_dirty()
         if isinstance(token, str) and durable:
             step.persist(sync_tokens={stream: token})
+    account.synced_at = account.timer.monotonic()
+    account.metrics.count_to_device_received(result.to_device_types)
     if durable:
-        account.extras.setdefault(_SAVED_AT, {})[stream] = account.timer.monotonic()
+        account.extras.setdefault(_SAVED_AT, {})[stream] = account.synced_at
     for room_id in membership_changes(body):
         account.members_changed(room_id)
     if result.room_keys:

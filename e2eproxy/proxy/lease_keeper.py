@@ -53,7 +53,7 @@ async def keep_leases(registry: AccountRegistry) -> None:
 
 async def adopt_round(registry: AccountRegistry) -> None:
     try:
-        await registry.adopt_unheld()
+        registry.metrics.count_adoptions(await registry.adopt_unheld())
     except StoreError as exc:
         log.warning("could not look for accounts no e2eproxy process drives: %s", exc)
 
@@ -72,9 +72,11 @@ async def renew_round(registry: AccountRegistry) -> None:
         if lease is None or lease.reload:
             log.error("lost the store lease of %s %s to another process; no longer driving it "
                       "here", account.user_id, account.device_id)
+            registry.metrics.count_lease_lost()
             await registry.let_go(account, release=False)
         elif lease.wanted:
             log.warning("handing %s %s over to another e2eproxy instance that was asked for it "
                         "(a load balancer should send each access token to one instance)",
                         account.user_id, account.device_id)
+            registry.metrics.count_lease_handed_over()
             await registry.let_go(account, release=True)

@@ -21,7 +21,7 @@ from e2eproxy.errors import (
     Unrecognized,
     UpstreamError,
 )
-from e2eproxy.proxy.app_keys import HOST_NAMES, SERVER
+from e2eproxy.proxy.app_keys import HOST_NAMES, METRICS, SERVER
 from e2eproxy.proxy.targets import host_allowed, merged_slashes, target_problem
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,19 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 @web.middleware
 async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One debug line per request; the path only (query strings may carry tokens)."""
+    """Each answered request counted in the metrics (the outermost layer sees the status the
+    client gets); and one debug line per request, the path only (query strings may carry
+    tokens)."""
     if not request_log.isEnabledFor(logging.DEBUG):
-        return await handler(request)
+        response = await handler(request)
+        request.app[METRICS].count_request(request, response.status)
+        return response
     started = time.monotonic()
     status = 0
     try:
         response = await handler(request)
         status = response.status
+        request.app[METRICS].count_request(request, status)
         return response
     finally:
         elapsed = (time.monotonic() - started) * 1000

@@ -104,7 +104,9 @@ async def send_engine_request(
     except MatrixError as exc:  # an engine room event the room's state refused to take
         status, data = exc.status, exc.to_json()
     ok = 200 <= status < 300 and isinstance(data, dict)
-    if not ok:
+    if ok:
+        account.metrics.count_to_device_sent(request)
+    else:
         log.warning(
             "%s request failed for %s: %s %s",
             request.kind.value,
@@ -160,5 +162,6 @@ async def share_room_key(
                 raise HomeserverFailed(
                     "Could not share the room key with every device; nothing was sent. Try again.",
                 )
+            account.metrics.count_key_share(requests)
             return
     raise LocalProtocolError(f"room key sharing for {room_id} did not settle")

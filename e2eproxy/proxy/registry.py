@@ -21,6 +21,7 @@ from e2eproxy.crypto.changes import EngineSnapshot
 from e2eproxy.crypto.machine import OlmMachine
 from e2eproxy.crypto.settings import SharingStrategy
 from e2eproxy.errors import HomeserverFailed, MatrixError, StoreError, StoreLocked, UpstreamError
+from e2eproxy.monitoring.metrics import Metrics
 from e2eproxy.proxy.account import HOMESERVER_SECRET, Account
 from e2eproxy.proxy.keyed_locks import KeyedLocks
 from e2eproxy.proxy.lease_keeper import keep_leases
@@ -89,8 +90,10 @@ class AccountRegistry:
         server_name: str | None = None,
         max_accounts: int = DEFAULT_MAX_ACCOUNTS,
         on_new_account: Callable[[Account], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.upstream = upstream
+        self.metrics = metrics or Metrics()
         self.homeserver = str(upstream.base_url)
         self.store = store
         self.timer = timer
@@ -221,7 +224,7 @@ class AccountRegistry:
         account = Account(
             key=key, machine=machine, store=self.store, access_token=token,
             homeserver=self.homeserver, timer=self.timer,
-            reload=lambda: self._reload(key),
+            reload=lambda: self._reload(key), metrics=self.metrics,
         )
         self.accounts[key] = account
         start_worker(self.upstream, account)
@@ -233,7 +236,7 @@ class AccountRegistry:
         account = Account(
             key=key, machine=machine, store=self.store, access_token=token,
             homeserver=self.homeserver, timer=self.timer,
-            reload=lambda: self._reload(key),
+            reload=lambda: self._reload(key), metrics=self.metrics,
         )
         # The identity is saved before its keys are uploaded: keys uploaded and then lost
         # would brick the device id for good.
