@@ -72,6 +72,8 @@ def add_ctl_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     actions = ctl.add_subparsers(dest="ctl_action", required=True, metavar="COMMAND")
     actions.add_parser("ping", parents=[common], help="is the proxy running? its version, pid")
     actions.add_parser("accounts", parents=[common], help="the devices whose keys it holds")
+    actions.add_parser("health", parents=[common],
+                       help="is it ready (store open, homeservers answering)? exits 1 if not")
 
     cross = actions.add_parser("cross-signing", parents=[common],
                                help="the account's cross-signing identity")
@@ -217,6 +219,10 @@ def _simple(args: argparse.Namespace, path: Path) -> int:
     if action == "accounts":
         show(args, control(path, args, "accounts", {}), render.accounts)
         return 0
+    if action == "health":
+        result = control(path, args, "health", {})
+        show(args, result, render.health)
+        return 0 if isinstance(result, dict) and result.get("status") == "ready" else 1
     user = need_user(args)
     if action == "cross-signing":
         result = control(path, args, "cross-signing.status", {})

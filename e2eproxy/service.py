@@ -11,15 +11,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from e2eproxy.config import Config
+from e2eproxy.config import Config, ServerConfig
 from e2eproxy.control.commands import command_table
+from e2eproxy.control.health_command import health_commands
 from e2eproxy.control.protocol import socket_path
 from e2eproxy.control.server import ControlServer
 from e2eproxy.errors import ConfigError
+from e2eproxy.monitoring.health import HealthChecker
+from e2eproxy.monitoring.listener import start_metrics_listener
+from e2eproxy.monitoring.metrics import Metrics
 from e2eproxy.proxy.app import create_app
-from e2eproxy.proxy.app_keys import REGISTRY
+from e2eproxy.proxy.app_keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.registry import AccountRegistry
-from e2eproxy.store import open_store
+from e2eproxy.store import Store, open_store
+from e2eproxy.timing import SystemTimer
 
 log = logging.getLogger("e2eproxy")
 
@@ -64,45 +69,68 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     prepare_data_dir(config.store.data_dir)
     raise_fd_limit()
     stop = stop or asyncio.Event()
+    # Ready once the store is open and every listener's homeserver answers (ctl health, and
+    # GET /health on the metrics listener).
+    health = HealthChecker([server.name for server in config.servers], SystemTimer())
     # One control socket for the process; each listener's registry joins the list the
     # commands read as soon as it is up. Served first: a second process on this data dir is
     # refused here, before it opens the store or waits for leases.
     registries: list[AccountRegistry] = []
-    control = ControlServer(socket_path(config.store.data_dir), command_table(registries))
+    commands = command_table(registries)
+    commands.update(health_commands(health))
+    control = ControlServer(socket_path(config.store.data_dir), commands)
     await control.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics = Metrics(process=True)
     runners: list[web.AppRunner] = []
+    metrics_runner: web.AppRunner | None = None
     store = None
     try:
+        if config.metrics.listen is not None:  # first: a liveness probe answers while we start
+            metrics_runner = await start_metrics_listener(config.metrics.listen, metrics, health)
+            log.info("Metrics and health probes on http://%s", config.metrics.listen)
         # Opened before listening: a wrong passphrase stops the start with one line.
-        store = await open_store(config.store, config.store_passphrase())
+        store = health.store = await open_store(config.store, config.store_passphrase())
         for server in config.servers:
-            runner = web.AppRunner(
-                create_app(server, config, store=store),
-                shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-                access_log=None,
-            )
-            await runner.setup()
+            runner = await _start_server(server, config, store, metrics)
             runners.append(runner)
             registries.append(runner.app[REGISTRY])
-            site = web.TCPSite(runner, server.listen.host, server.listen.port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot listen on {server.listen} (servers.{server.name}): {exc.strerror}"
-                ) from exc
-            log.info("Listening on http://%s for homeserver %s", server.listen, server.homeserver)
+            health.add_upstream(server.name, runner.app[UPSTREAM])
         await stop.wait()
         log.info("Stopping (pid %d)", os.getpid())
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        # First: no command may reach an account while the accounts stop.
+        # First: no command may reach an account while the accounts stop. And no probe says
+        # ready any more: a load balancer stops sending requests here.
         await control.close()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await health.close()
         for runner in reversed(runners):
             await runner.cleanup()
         if store is not None:
             await store.close()
+
+
+async def _start_server(server: ServerConfig, config: Config, store: Store, metrics: Metrics
+                        ) -> web.AppRunner:
+    """One listener's app, set up (its stored accounts restored) and listening."""
+    runner = web.AppRunner(
+        create_app(server, config, store=store, metrics=metrics),
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, server.listen.host, server.listen.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot listen on {server.listen} (servers.{server.name}): {exc.strerror}"
+        ) from exc
+    log.info("Listening on http://%s for homeserver %s", server.listen, server.homeserver)
+    return runner

@@ -45,6 +45,13 @@ def ping(result: Any) -> str:
     return f"e2eproxy {_text(r.get('version'))} is running (pid {_text(r.get('pid'))})"
 
 
+def health(result: Any) -> str:
+    r = _dict(result)
+    checks = sorted(_dict(r.get("checks")).items())
+    return "\n".join([f"e2eproxy is {_text(r.get('status'))}",
+                      *(f"  {name}: {_text(state)}" for name, state in checks)])
+
+
 def accounts(result: Any) -> str:
     rows = [
         [_text(a.get("user_id")), _text(a.get("device_id")), _text(a.get("homeserver"))]

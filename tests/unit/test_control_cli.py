@@ -54,6 +54,7 @@ class FakeProxy:
         self.shows = 0
         self.confirmed = False
         self.cancel_at_show: int | None = None
+        self.health = {"status": "ready", "checks": {"store": "ok", "homeserver:main": "ok"}}
 
     def show(self) -> dict[str, Any]:
         self.shows += 1
@@ -70,6 +71,7 @@ class FakeProxy:
     def table(self) -> dict[str, Handler]:
         answers: dict[str, Callable[[ControlRequest], Any]] = {
             "ping": lambda r: {"version": "9.9.9", "pid": 4242},
+            "health": lambda r: self.health,
             "accounts": lambda r: [{"user_id": USER, "device_id": "DEV",
                                     "homeserver": "https://hs.example/"}],
             "cross-signing.status": lambda r: STATUS,
@@ -155,6 +157,20 @@ async def test_ping(ctl: Ctl, fake: FakeProxy) -> None:
     code, out, _ = await ctl("ping", "--json")
     assert (code, json.loads(out)) == (0, {"version": "9.9.9", "pid": 4242})
     assert fake.sent() == [("ping", None, None, {})] * 2
+
+
+async def test_health_exits_1_unless_ready(ctl: Ctl, fake: FakeProxy) -> None:
+    code, out, _ = await ctl("health")
+    assert (code, out.splitlines()) == (0, ["e2eproxy is ready", "  homeserver:main: ok",
+                                            "  store: ok"])
+    fake.health = {"status": "unavailable",
+                   "checks": {"store": "ok", "homeserver:main": "Cannot reach the homeserver"}}
+    code, out, _ = await ctl("health")
+    assert code == 1
+    assert out.splitlines()[:2] == ["e2eproxy is unavailable",
+                                    "  homeserver:main: Cannot reach the homeserver"]
+    code, out, _ = await ctl("--json", "health")
+    assert (code, json.loads(out)) == (1, fake.health)
 
 
 async def test_accounts(ctl: Ctl) -> None:

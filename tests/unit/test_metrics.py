@@ -1,13 +1,17 @@
-"""The metrics' parts on their own: bounded labels, and the sync lag read at scrape time."""
+"""The metrics' parts on their own: bounded labels, the sync lag read at scrape time, and the
+health checks' caching (one check per period, however many probes)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import generate_latest
 
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason, SenderTrust
+from e2eproxy.errors import StoreError
+from e2eproxy.monitoring.health import STORE, HealthChecker, homeserver_check
 from e2eproxy.monitoring.metrics import Metrics
 from e2eproxy.protocol import api
 from e2eproxy.types import SessionId
@@ -92,3 +96,55 @@ def test_sync_lag_is_a_distribution_and_a_maximum_never_a_series_per_account() -
     metrics.accounts.unwatch("other", other)
     assert sample(metrics, "e2eproxy_accounts_held", server="other") is None
     assert sample(metrics, "e2eproxy_background_sync_lag_max_seconds") == 140
+
+
+class CountingStore:
+    """Only what the store check calls; it fails on demand."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.broken = False
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def has_account(self, account: Any) -> bool:
+        self.calls += 1
+        await self.release.wait()
+        if self.broken:
+            raise StoreError("the store is closed")
+        return False
+
+
+async def test_health_checks_once_a_period_however_many_probes_come() -> None:
+    timer = ManualTimer()
+    checker = HealthChecker(["main"], timer, ttl_s=5.0)
+    store = CountingStore()
+    checker.store = store  # type: ignore[assignment]
+    store.release.clear()
+    probes = [asyncio.ensure_future(checker.report()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    store.release.set()
+    reports = await asyncio.gather(*probes)
+    assert store.calls == 1, "probes during a check wait for that one"
+    # No upstream was added for "main": not ready, and the report says why.
+    assert [r.ready for r in reports] == [False] * 5
+    assert reports[0].checks == {STORE: None, homeserver_check("main"): "not started yet"}
+    store.broken = True
+    assert (await checker.report()).checks[STORE] is None, "kept for the period"
+    assert store.calls == 1
+    timer.advance(5.0)
+    report = await checker.report()
+    assert store.calls == 2
+    assert report.checks[STORE] == "StoreError: the store is closed"
+    assert report.to_json()["status"] == "unavailable"
+    assert report.to_json()["checks"][STORE] == "StoreError: the store is closed"
+
+
+async def test_a_check_that_hangs_fails_after_its_timeout() -> None:
+    checker = HealthChecker([], ManualTimer(), timeout_s=0.05)
+    store = CountingStore()
+    store.release.clear()  # never answers
+    checker.store = store  # type: ignore[assignment]
+    report = await checker.report()
+    assert report.checks == {STORE: "no answer within 0.05 s"}
+    assert not report.ready
