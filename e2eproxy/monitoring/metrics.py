@@ -5,16 +5,15 @@ One ``Metrics`` holds its own ``CollectorRegistry``, never the library's global 
 has one (shared by its listeners, told apart by the ``server`` label), and so has every app a
 test starts, so several proxies in one process never collide.
 
-Labels are bounded and name nobody: a route is the handler that answered (never the path,
-which holds room and user IDs), a to-device type is one of the known ones or "other", a cause
+Labels are bounded and name nobody: a route is its pattern (never the path, which holds room
+and user IDs), a to-device type is one of the known ones or "other", a cause
 is one of the engine's failure reasons; no user, room, device or token ever becomes a label.
-Counting a request is one dict lookup and one increment: it is on the pass-through path.
+Counting a request (requests.py) is one dict update: it is on the pass-through path.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from e2eproxy.crypto.results import Decrypted, DecryptionFailure, FailureReason
 from e2eproxy.monitoring.accounts import AccountsCollector
+from e2eproxy.monitoring.requests import OTHER, RequestCounter
 from e2eproxy.protocol.api import OutgoingRequest, RequestKind
 
 # The to-device types a label may name; any other is "other" (a peer may send any type).
@@ -35,39 +35,19 @@ TO_DEVICE_TYPES = frozenset({
         "request", "ready", "start", "accept", "key", "mac", "done", "cancel",
     )),
 })
-OTHER = "other"
 # Why a room event stayed encrypted: the engine's reasons, and "withheld" for a missing key
 # its sender said it will not send (m.room_key.withheld).
 WITHHELD = "withheld"
 FAILURE_CAUSES = (*(reason.value for reason in FailureReason), WITHHELD)
-# A request the router matched to no route (a 404 or 405 before any handler).
-UNMATCHED = "unmatched"
-# The API version in a route's pattern (routes.py adds one route per version).
-_API_VERSION = re.compile(r"^(/_matrix/(?:client|media)/)(?:api/v1|r0|v3|v1|unstable)(?=/|$)")
 # Seconds: SQLite commits with fsync in about a millisecond, PostgreSQL over a network in a few.
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                   float("inf"))
 
 Result = Decrypted | DecryptionFailure
-# The app's ``server`` label: the configured listener's name (servers.NAME).
-SERVER_LABEL = web.AppKey("metrics_server_label", str)
-
-
-def route_label(route: web.AbstractRoute) -> str:
-    """The route's pattern, its API version as ``{version}``: "/_matrix/client/{version}/rooms/
-    {room}/messages", "/_matrix/{tail}" (pass-through). Bounded by the route table, the same for
-    every version of one endpoint, and never a value from the path."""
-    if route.resource is None:
-        return UNMATCHED
-    return _API_VERSION.sub(r"\1{version}", route.resource.canonical)
 
 
 def to_device_label(event_type: str) -> str:
     return event_type if event_type in TO_DEVICE_TYPES else OTHER
-
-
-def status_label(status: int) -> str:
-    return str(status) if 100 <= status <= 599 else OTHER
 
 
 def backend_label(store: object) -> str:
@@ -94,10 +74,10 @@ class Metrics:
     def __init__(self, *, process: bool = False) -> None:
         """``process``: also the process's CPU, memory and open files (one per process)."""
         self.registry = registry = CollectorRegistry()
-        self._requests = Counter(
-            "e2eproxy_requests", "Client requests answered, by listener, route (its pattern, "
-            "never the path) and HTTP status",
-            ("server", "route", "status"), registry=registry)
+        self.requests = RequestCounter()
+        registry.register(self.requests)
+        # Bound once: counting a request is on the pass-through path.
+        self.count_request: Callable[[web.Request, int], None] = self.requests.count
         self._decrypted = Counter(
             "e2eproxy_decrypted_events", "Room events decrypted for clients", registry=registry)
         self._failures = Counter(
@@ -132,23 +112,7 @@ class Metrics:
             ProcessCollector(registry=registry)
         for cause in FAILURE_CAUSES:  # present from the start, so a rate() sees the first one
             self._failures.labels(cause)
-        self._request_children: dict[tuple[web.AbstractRoute, int], Any] = {}
         self._commit_children: dict[type, Any] = {}
-
-    # -- requests (the hot path) ---------------------------------------------------------
-    def count_request(self, request: web.Request, status: int) -> None:
-        route = request.match_info.route
-        child = self._request_children.get((route, status))
-        if child is None:
-            child = self._new_request_child(request, route, status)
-        child.inc()
-
-    def _new_request_child(self, request: web.Request, route: web.AbstractRoute, status: int
-                           ) -> Any:
-        server = request.app.get(SERVER_LABEL, "")
-        child = self._requests.labels(server, route_label(route), status_label(status))
-        self._request_children[(route, status)] = child
-        return child
 
     # -- crypto --------------------------------------------------------------------------
     def count_decryptions(self, results: Iterable[Result]) -> None:

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from e2eproxy.config import Config, ServerConfig
 from e2eproxy.crypto.settings import SharingStrategy
-from e2eproxy.monitoring.metrics import SERVER_LABEL, Metrics
+from e2eproxy.monitoring.metrics import Metrics
+from e2eproxy.monitoring.requests import SERVER_LABEL
 from e2eproxy.proxy.account import Account
 from e2eproxy.proxy.app_keys import (
     CONFIG,
