@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
@@ -15,6 +15,7 @@ from yarl import URL
 
 from e2eproxy.errors import Unrecognized, UpstreamError
 from e2eproxy.protocol.canonical import parse_json
+from e2eproxy.proxy.fast_lane import LANE_METHODS, FastLane, LaneResponse, LaneUnavailable
 from e2eproxy.proxy.targets import target_problem
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,29 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+def forwarded_request_items(
+    headers: CIMultiDictProxy[str], peer: str | None = None
+) -> list[tuple[str, str]]:
+    """The client's headers for the homeserver, in order; X-Forwarded-For (last) names the peer
+    we saw."""
+    dropped = (_REQUEST_DROP | _connection_tokens(headers)) if "Connection" in headers else (
+        _REQUEST_DROP)
+    forwarded = [(k, v) for k, v in headers.items() if k.lower() not in dropped]
+    if peer:
+        forwarded.append(("X-Forwarded-For", peer))
+    return forwarded
+
+
 def forward_request_headers(
     headers: CIMultiDictProxy[str], peer: str | None = None
 ) -> CIMultiDict[str]:
     """The client's headers for the homeserver; X-Forwarded-For names the peer we saw."""
-    dropped = _REQUEST_DROP | _connection_tokens(headers)
-    forwarded = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
-    if peer:
-        forwarded["X-Forwarded-For"] = peer
-    return forwarded
+    return CIMultiDict(forwarded_request_items(headers, peer))
 
 
 def forward_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = _RESPONSE_DROP | _connection_tokens(headers)
+    dropped = (_RESPONSE_DROP | _connection_tokens(headers)) if "Connection" in headers else (
+        _RESPONSE_DROP)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
 
 
@@ -104,6 +115,7 @@ class Upstream:
         self.base_url = URL(base_url)
         self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._lane: FastLane | None = None
         self.catch_up = asyncio.Semaphore(CATCH_UP_SYNCS)
 
     async def start(self) -> None:
@@ -118,8 +130,12 @@ class Upstream:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None),
         )
+        self._lane = FastLane(self.base_url, CONNECT_TIMEOUT_S)
 
     async def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -176,7 +192,7 @@ class Upstream:
         only before the response starts: once a client has headers, we can only cut the body.
         """
         url = self.url_for(raw_path_and_query)
-        try:
+        with _upstream_errors():
             async with self.session.request(
                 method,
                 url,
@@ -186,12 +202,32 @@ class Upstream:
                 timeout=self.timeout_for(long_poll),
             ) as response:
                 yield response
-        except TimeoutError as exc:
-            raise UpstreamError(504, "The homeserver did not answer in time") from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise UpstreamError(502, f"Cannot reach the homeserver: {type(exc).__name__}") from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(502, "The homeserver sent a broken response") from exc
+
+    @asynccontextmanager
+    async def pass_on(
+        self,
+        method: str,
+        raw_path_and_query: str,
+        headers: list[tuple[str, str]],
+        body: Any = None,
+        long_poll: float = 0.0,
+    ) -> AsyncIterator[aiohttp.ClientResponse | LaneResponse]:
+        """`open` for the pass-through: a body-less GET or HEAD takes the lean lane (same
+        checks, same bytes on the wire, same errors), anything else the session."""
+        lane = self._lane
+        if lane is not None and body is None and method in LANE_METHODS:
+            url = self.url_for(raw_path_and_query)
+            sock_read = self.read_timeout + long_poll / 1000.0 + (
+                LONG_POLL_GRACE_S if long_poll else 0.0)
+            try:
+                with _upstream_errors():
+                    async with lane.open(method, url, headers, sock_read) as response:
+                        yield response
+                return
+            except LaneUnavailable:
+                pass  # nothing was sent
+        async with self.open(method, raw_path_and_query, headers, body, long_poll) as response:
+            yield response
 
     async def request_json(
         self,
@@ -215,6 +251,19 @@ class Upstream:
             return response.status, parse_json(raw) if raw else None
         except ValueError:
             return response.status, None
+
+
+@contextmanager
+def _upstream_errors() -> Iterator[None]:
+    """Connection failures become UpstreamError(502), timeouts UpstreamError(504)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamError(504, "The homeserver did not answer in time") from exc
+    except aiohttp.ClientConnectionError as exc:
+        raise UpstreamError(502, f"Cannot reach the homeserver: {type(exc).__name__}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamError(502, "The homeserver sent a broken response") from exc
 
 
 def _json_bytes(body: Any) -> bytes:

@@ -10,7 +10,7 @@ from aiohttp import web
 from e2eproxy.errors import UpstreamError
 from e2eproxy.proxy.app_keys import REGISTRY, UPSTREAM
 from e2eproxy.proxy.registry import token_of
-from e2eproxy.proxy.upstream import forward_request_headers, forward_response_headers, long_poll_ms
+from e2eproxy.proxy.upstream import forward_response_headers, forwarded_request_items, long_poll_ms
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ def _forget_token(request: web.Request) -> None:
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
-    headers = forward_request_headers(request.headers, request.remote)
+    forwarded = forwarded_request_items(request.headers, request.remote)
     long_poll = long_poll_ms(request.query)
-    async with upstream.open(
-        request.method, request.raw_path, headers, _request_body(request), long_poll
+    async with upstream.pass_on(
+        request.method, request.raw_path, forwarded, _request_body(request), long_poll
     ) as upstream_response:
         if upstream_response.status == 401:
             _forget_token(request)
