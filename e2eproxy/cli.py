@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
         )
         setup_logging(config.log.level, config.log.format)
+        from e2eproxy.event_loop import run
         from e2eproxy.service import serve
 
-        asyncio.run(serve(config))
+        run(serve(config))
         return 0
     except E2EProxyError as exc:
         print(f"e2eproxy: {exc}", file=sys.stderr)
