@@ -9,6 +9,7 @@ a room send or an upload it never encrypted.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from urllib.parse import unquote, urlsplit
 
@@ -78,5 +79,12 @@ def host_allowed(header: str | None, names: frozenset[str]) -> bool:
     operator listed, cannot be such a page's."""
     if header is None:  # HTTP/1.0 without Host: no browser sends that
         return True
+    return _host_verdict(header, names)
+
+
+# Every request asks, nearly always with the same few Host values: parsing one (urlsplit, then
+# ipaddress) costs more than the rest of the request's checks together. Bounded: LRU.
+@functools.lru_cache(maxsize=256)
+def _host_verdict(header: str, names: frozenset[str]) -> bool:
     name = host_name(header)
     return name is not None and (is_ip_address(name) or name in names)

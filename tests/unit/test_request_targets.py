@@ -99,3 +99,15 @@ def test_hosts_a_client_of_the_proxy_uses_are_accepted(host: str | None) -> None
 )
 def test_other_host_names_are_refused(host: str) -> None:
     assert not host_allowed(host, allowed_host_names(SERVER))
+
+
+def test_host_verdicts_are_remembered_within_a_bound() -> None:
+    """Each request's Host is checked through a small cache: a client sending a new Host with
+    every request cannot grow it, and a verdict is the same from the cache as without it."""
+    names = allowed_host_names(SERVER)
+    for number in range(2000):
+        assert not host_allowed(f"evil{number}.example", names)
+    assert host_allowed("localhost:8009", names) and not host_allowed("evil0.example", names)
+    from e2eproxy.proxy import targets
+
+    assert targets._host_verdict.cache_info().currsize <= 256
