@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from e2eproxy.errors import UpstreamError
 from e2eproxy.proxy.fast_lane import LaneResponse, LaneUnavailable, request_head
 from e2eproxy.proxy.upstream import Upstream
+from tests.support.tls import trusted_server_context
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 # What the server does with the Nth request head it reads: the bytes to answer, or None to
@@ -211,3 +213,38 @@ def test_a_head_that_would_not_go_out_byte_for_byte_is_left_to_the_session(value
         request_head("GET", "/x", "Host: h\r\n", [("X-Odd", value)])
     assert request_head("GET", "/x", "Host: h\r\n", [("X-Fine", "café")]) == (
         "GET /x HTTP/1.1\r\nHost: h\r\nX-Fine: café\r\n\r\n".encode())
+
+
+async def test_an_https_homeserver_is_reached_with_its_certificate_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, ca_file = trusted_server_context(tmp_path)
+    raw = RawServer(lambda n, head: OK)
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        # Trusted (the CA is the client's) and named in the certificate: the lean lane.
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        upstream = Upstream(f"https://localhost:{port}", read_timeout=5.0)
+        await upstream.start()
+        try:
+            assert (await get(upstream))[:2] == (200, b"{}")
+            assert (await get(upstream))[2] is LaneResponse
+            assert raw.connections == 1
+            assert raw.heads[0][1].split(b"\r\n")[1] == f"Host: localhost:{port}".encode()
+        finally:
+            await upstream.close()
+        # Not trusted: refused as the session refuses it (whose error the client reads).
+        monkeypatch.delenv("SSL_CERT_FILE")
+        upstream = Upstream(f"https://localhost:{port}", read_timeout=5.0)
+        await upstream.start()
+        try:
+            with pytest.raises(UpstreamError) as caught:
+                await get(upstream)
+            assert caught.value.status == 502
+            assert "Certificate" in caught.value.message
+            assert raw.connections == 1  # no request went out on an unchecked connection
+        finally:
+            await upstream.close()
+    finally:
+        server.close()
