@@ -149,6 +149,7 @@ def create_app(
         await upstream.close()
 
     app.cleanup_ctx.append(lifetime)
-    app.on_response_prepare.append(add_cors_headers)
+    if server.cors_origins:  # a hook on every response, for nothing without origins
+        app.on_response_prepare.append(add_cors_headers)
     add_routes(app)
     return app
