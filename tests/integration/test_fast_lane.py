@@ -10,11 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from e2eproxy.errors import UpstreamError
 from e2eproxy.proxy.fast_lane import LaneResponse, LaneUnavailable, request_head
 from e2eproxy.proxy.upstream import Upstream
+from tests.integration.conftest import StartProxy
 from tests.support.tls import trusted_server_context
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -248,3 +252,39 @@ async def test_an_https_homeserver_is_reached_with_its_certificate_checked(
             await upstream.close()
     finally:
         server.close()
+
+
+async def test_a_large_answer_streams_at_the_pace_of_the_client(
+    exact_session: aiohttp.ClientSession, start_proxy: StartProxy
+) -> None:
+    """A big pass-through GET is not buffered: while the client reads nothing, the homeserver
+    can write only what the sockets and one read buffer hold, far below the body."""
+    size, piece = 64 * 1024 * 1024, b"x" * (1024 * 1024)
+    written = 0
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        nonlocal written
+        response = web.StreamResponse(headers={"Content-Length": str(size)})
+        await response.prepare(request)
+        while written < size:
+            await response.write(piece)
+            written += len(piece)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/_matrix/client/v3/big", big)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        proxy = await start_proxy(homeserver=str(server.make_url("")).rstrip("/"))
+        async with exact_session.get(f"{proxy}/_matrix/client/v3/big") as response:
+            assert response.status == 200
+            received = len(await response.content.readexactly(1024))
+            await asyncio.sleep(0.5)  # a slow client
+            assert written <= 24 * 1024 * 1024, written
+            async for chunk in response.content.iter_chunked(1024 * 1024):
+                received += len(chunk)
+        assert received == size == written
+    finally:
+        await server.close()
