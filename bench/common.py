@@ -171,8 +171,10 @@ class ProxyProcess:
     """``python -m e2eproxy run`` for one homeserver, in a child process."""
 
     def __init__(self, homeserver: str, data_dir: Path, extra_config: str = "",
-                 profile: Path | None = None) -> None:
+                 profile: Path | None = None, repo: str | None = None) -> None:
         self.homeserver = homeserver
+        # The checkout it runs from: `repo`, else BENCH_PROXY_REPO, else this one.
+        self.repo = repo
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -202,7 +204,7 @@ class ProxyProcess:
             [sys.executable,
              *(["-m", "cProfile", "-o", str(self.profile)] if self.profile else []),
              "-m", "e2eproxy", "run", "--config", str(config)],
-            cwd=os.environ.get("BENCH_PROXY_REPO", str(REPO)),
+            cwd=self.repo or os.environ.get("BENCH_PROXY_REPO", str(REPO)),
             env=env,
             stdout=log,
             stderr=log,
