@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
+# Row indexes remembered (ids of accounts, rooms, sessions); the memo is dropped when full.
+INDEX_CACHE = 8_192
 KEYRING_SERVICE = "e2eproxy"
 KEY_FILE_NAME = "store.key"
 # OWASP's scrypt floor: 128 MiB, about 0.3 s once per start.
@@ -274,6 +276,8 @@ class StoreKeys:
         self.pickle_key = _hkdf(data_key, b"vodozemac pickle v1")
         self._aead = AESGCM(_hkdf(data_key, b"value aes-gcm v1"))
         self._index_key = _hkdf(data_key, b"index hmac v1")
+        # The same ids are looked up again and again (every lease renewal names every account).
+        self._indexes: dict[tuple[str, ...], bytes] = {}
 
     def encrypt(self, aad: bytes, plaintext: bytes) -> bytes:
         """nonce ‖ AES-256-GCM(plaintext); ``aad`` is the row identity."""
@@ -291,6 +295,12 @@ class StoreKeys:
 
     def index(self, *parts: str) -> bytes:
         """A keyed hash of ids: rows are found by it, and the ids stay unreadable on disk."""
-        # Length-prefixed, so ("a", "bc") and ("ab", "c") never collide.
-        message = b"".join(len(p.encode()).to_bytes(4, "big") + p.encode() for p in parts)
-        return hmac.new(self._index_key, message, hashlib.sha256).digest()[:16]
+        found = self._indexes.get(parts)
+        if found is None:
+            # Length-prefixed, so ("a", "bc") and ("ab", "c") never collide.
+            message = b"".join(len(p.encode()).to_bytes(4, "big") + p.encode() for p in parts)
+            found = hmac.new(self._index_key, message, hashlib.sha256).digest()[:16]
+            if len(self._indexes) >= INDEX_CACHE:
+                self._indexes.clear()
+            self._indexes[parts] = found
+        return found

@@ -94,3 +94,16 @@ def test_derived_keys_differ() -> None:
     assert keys.index("a", "bc") != keys.index("ab", "c")
     assert keys.index("room") == sec.StoreKeys(data_key).index("room")
     assert keys.index("room") != sec.StoreKeys(b"e" * 32).index("room")
+
+
+def test_remembered_indexes_are_the_computed_ones() -> None:
+    """Indexes are remembered (a lease renewal names every account each round): the same
+    value as a fresh computation, also once the memo was full and dropped."""
+    data_key = b"m" * 32
+    keys, fresh = sec.StoreKeys(data_key), sec.StoreKeys(data_key)
+    parts = [("lease", f"@u{n}:x", "DEV") for n in range(sec.INDEX_CACHE + 10)]
+    first = [keys.index(*p) for p in parts]
+    assert [keys.index(*p) for p in parts] == first
+    assert first == [sec.StoreKeys(data_key).index(*p) for p in parts[:3]] + [
+        fresh.index(*p) for p in parts[3:]]
+    assert len(set(first)) == len(parts)
