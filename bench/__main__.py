@@ -5,7 +5,11 @@ prints one table (medians, p90, ratios, targets); the same rows go to the JSON f
 Workloads: passthrough, send, decrypt, share (with a matrix-nio client for comparison, unless
 --no-nio), media (100 MB encrypted up and down), state (against the stub homeserver), synapse
 (pass-through against a real Synapse),
-engine (the engine alone vs raw vodozemac, and bench_store's save latency).
+engine (the engine alone vs raw vodozemac, and bench_store's save latency); and, only when
+named (``--only NAME``): accounts (15-20 minutes: a fleet of idle accounts on Synapse, with
+pantalaimon side by side, and a larger one on the stub), chaos (about 10 minutes: the crash loop
+on Synapse with a matrix-nio and a Rust-crypto peer) and soak (10 minutes: 50 clients through
+one proxy, its resources sampled).
 ``--profile NAME`` runs one workload with the proxy child under cProfile and prints the top
 functions.
 """
@@ -25,7 +29,8 @@ from pathlib import Path
 from bench.common import REPO, Report, machine_info, markdown, table
 
 STUB_WORKLOADS = ("passthrough", "send", "decrypt", "share", "media")
-ALL = (*STUB_WORKLOADS, "state", "synapse", "engine")
+DEFAULT = (*STUB_WORKLOADS, "state", "synapse", "engine")
+ALL = (*DEFAULT, "accounts", "chaos", "soak")
 MODULES = {"synapse": "synapse_passthrough"}
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 
@@ -40,8 +45,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-nio", action="store_true", help="skip the matrix-nio comparison")
     parser.add_argument("--profile", metavar="NAME",
                         help="profile the proxy child (cProfile) during workload NAME")
+    parser.add_argument("--accounts", help="accounts: fleet sizes on Synapse (default 100,1000)")
+    parser.add_argument("--stub-accounts", type=int,
+                        help="accounts: fleet size on the stub (default 3000; 0: none)")
+    parser.add_argument("--no-pantalaimon", action="store_true",
+                        help="skip the pantalaimon comparisons (passthrough, synapse, "
+                             "accounts)")
+    parser.add_argument("--chaos-messages", type=int, help="chaos: messages sent (1000)")
+    parser.add_argument("--chaos-kills", type=int, help="chaos: SIGKILLs of the proxy (20)")
+    parser.add_argument("--soak-minutes", type=float, help="soak: minutes of load (10)")
+    parser.add_argument("--soak-clients", type=int, help="soak: plain clients (50)")
     args = parser.parse_args(argv)
-    chosen = args.only.split(",") if args.only else list(ALL)
+    chosen = args.only.split(",") if args.only else list(DEFAULT)
     if args.quick and not args.only:
         chosen = [w for w in chosen if w != "synapse"]
     if args.profile:
@@ -61,6 +76,7 @@ async def run_all(args: argparse.Namespace, report: Report, tmp: Path) -> None:
         async with stub_env(args.quick, tmp, report, profile=args.profile) as env:
             env.record_memory("start")
             env.state["with_nio"] = not args.no_nio
+            env.state["with_pantalaimon"] = not args.no_pantalaimon
             for name in stub_ones:
                 await _one(name, env)
             report.extra["proxy_memory_kib"] = env.state.get("proxy_memory", {})
@@ -74,7 +90,14 @@ async def run_all(args: argparse.Namespace, report: Report, tmp: Path) -> None:
             continue
         from bench.env import Env
 
-        await _one(name, Env(args.quick, tmp, report))
+        env = Env(args.quick, tmp, report)
+        if args.accounts:
+            env.state["accounts_sizes"] = [int(n) for n in args.accounts.split(",")]
+        if args.stub_accounts is not None:
+            env.state["stub_accounts"] = args.stub_accounts
+        env.state["with_pantalaimon"] = not args.no_pantalaimon
+        env.state["args"] = args
+        await _one(name, env)
 
 
 async def _one(name: str, env: object) -> None:

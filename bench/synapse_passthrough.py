@@ -1,5 +1,6 @@
 """Workload 1 against a real Synapse (started by the runner: SQLite, 127.0.0.1, rate limits off):
-added latency of small GETs, /sync long-poll wake-up, and requests/s with 50 clients."""
+added latency of small GETs, /sync long-poll wake-up, and requests/s with 50 clients, through
+e2eproxy and through pantalaimon, side by side."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 
 import aiohttp
 
-from bench import passthrough
+from bench import passthrough, peers
 from bench.common import V3, ProxyProcess, auth
 from bench.env import Env
 from tests.support.synapse import SynapseServer
@@ -47,11 +48,18 @@ async def run(env: Env) -> None:
                     assert response.status == 200
 
             rounds = 100 if env.quick else 400
-            await passthrough.small_gets(env, "synapse", token, rounds)
-            await passthrough.sync_wakeup(env, "synapse", token, room_id, other.user_id, send,
-                                          6 if env.quick else 20)
-            await passthrough.throughput(env, "synapse", token, 1.0 if env.quick else 2.5,
-                                         2 if env.quick else 4)
+            async with peers.pantalaimon(env, synapse.base_url,
+                                         env.tmp / "pantalaimon-synapse") as pan, \
+                    peers.baseline(synapse.base_url, env.tmp / "proxy-synapse-baseline") as before:
+                await passthrough.small_gets(env, "synapse", token, rounds,
+                                             {"pantalaimon": pan, "before": before})
+                await passthrough.sync_wakeup(env, "synapse", token, room_id, other.user_id,
+                                              send, 6 if env.quick else 20)
+                variants = {"direct": [synapse.base_url], "proxy": [proxy.url]}
+                variants |= {name: [url] for name, url in (("pantalaimon", pan),
+                                                           ("before", before)) if url is not None}
+                await peers.throughput(env, "synapse", [token] * peers.CONCURRENCY, variants,
+                                       1.0 if env.quick else 2.5, 2 if env.quick else 4)
     finally:
         await proxy.stop()
         synapse.stop()
