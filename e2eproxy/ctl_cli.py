@@ -72,6 +72,8 @@ def add_ctl_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     actions = ctl.add_subparsers(dest="ctl_action", required=True, metavar="COMMAND")
     actions.add_parser("ping", parents=[common], help="is the proxy running? its version, pid")
     actions.add_parser("accounts", parents=[common], help="the devices whose keys it holds")
+    actions.add_parser("stats", parents=[common],
+                       help="what the process holds now: accounts, tasks, threads, open files")
     actions.add_parser("health", parents=[common],
                        help="is it ready (store open, homeservers answering)? exits 1 if not")
 
@@ -218,6 +220,9 @@ def _simple(args: argparse.Namespace, path: Path) -> int:
         return 0
     if action == "accounts":
         show(args, control(path, args, "accounts", {}), render.accounts)
+        return 0
+    if action == "stats":
+        show(args, control(path, args, "stats", {}), render.stats)
         return 0
     if action == "health":
         result = control(path, args, "health", {})

@@ -52,6 +52,13 @@ def health(result: Any) -> str:
                       *(f"  {name}: {_text(state)}" for name, state in checks)])
 
 
+def stats(result: Any) -> str:
+    r = _dict(result)
+    names = (("pid", "pid"), ("accounts", "accounts held"), ("tasks", "asyncio tasks"),
+             ("threads", "threads"), ("open_fds", "open files"))
+    return "\n".join(f"{label}: {_text(r.get(key))}" for key, label in names)
+
+
 def accounts(result: Any) -> str:
     rows = [
         [_text(a.get("user_id")), _text(a.get("device_id")), _text(a.get("homeserver"))]

@@ -48,6 +48,18 @@ async def test_run_serves_ctl_ping_and_accounts(stub: StubHomeserver, tmp_path: 
         code, out, _ = await e2eproxy("ctl", "--data-dir", str(data), "accounts")
         assert carol.device_id in out.splitlines()[1]
 
+        # stats: what the process holds now (bench/soak.py samples it over time).
+        code, out, err = await e2eproxy("ctl", "--data-dir", str(data), "--json", "stats")
+        assert code == 0, err
+        stats = json.loads(out)
+        assert (stats["pid"], stats["accounts"]) == (proxy.pid, 1)
+        assert stats["tasks"] >= 2 and stats["threads"] >= 1
+        # The proxy counts during the call: the control connection and its listdir are open then.
+        open_now = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+        assert open_now <= stats["open_fds"] <= open_now + 3
+        code, out, _ = await e2eproxy("ctl", "--data-dir", str(data), "stats")
+        assert (code, out.splitlines()[1]) == (0, "accounts held: 1")
+
         # A second proxy on the same data dir stops at once, and the first serves on.
         code, _, err = await e2eproxy("run", "--homeserver", stub.base_url,
                                       "--listen", f"127.0.0.1:{free_port()}",
