@@ -121,7 +121,7 @@ def pantalaimon_binary() -> tuple[Path | None, str]:
     binary = PANTALAIMON_VENV / "bin" / "pantalaimon"
     if binary.exists():
         return binary, ""
-    print(f"  installing {PANTALAIMON} into {PANTALAIMON_VENV} (once; builds python-olm)",
+    print(f"  installing {PANTALAIMON} into {PANTALAIMON_VENV} (once)",
           flush=True)
     log = PANTALAIMON_VENV.parent / "pantalaimon-install.log"
     with log.open("wb") as out:
