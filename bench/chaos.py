@@ -197,7 +197,7 @@ async def report(env: Env, w: World, sender: Sender, killer: Killer, sending_s: 
                 note="p90 column: slowest"))
     if recovered:
         add(Row("chaos", "kill to the next acknowledged send", median(recovered),
-                max(recovered), "s", note="p90 column: slowest; includes the dead lease wait"))
+                max(recovered), "s", note="p90 column: slowest"))
     env.report.extra["chaos"] = {
         "crashes": [vars(c) for c in killer.crashes],
         "lost": figures.lost, "plaintext": figures.plaintext,

@@ -16,6 +16,7 @@ from e2eproxy.control.commands import command_table
 from e2eproxy.control.health_command import health_commands
 from e2eproxy.control.protocol import socket_path
 from e2eproxy.control.server import ControlServer
+from e2eproxy.data_dir_claim import claim_data_dir
 from e2eproxy.errors import ConfigError
 from e2eproxy.monitoring.health import HealthChecker
 from e2eproxy.monitoring.listener import start_metrics_listener
@@ -87,12 +88,17 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     runners: list[web.AppRunner] = []
     metrics_runner: web.AppRunner | None = None
     store = None
+    claim = None
     try:
+        # Held while we live: a lease a crashed predecessor of this data dir left is taken at
+        # once on restart, not waited out (data_dir_claim.py).
+        claim = claim_data_dir(config.store.data_dir)
         if config.metrics.listen is not None:  # first: a liveness probe answers while we start
             metrics_runner = await start_metrics_listener(config.metrics.listen, metrics, health)
             log.info("Metrics and health probes on http://%s", config.metrics.listen)
         # Opened before listening: a wrong passphrase stops the start with one line.
-        store = health.store = await open_store(config.store, config.store_passphrase())
+        store = health.store = await open_store(config.store, config.store_passphrase(),
+                                                site=claim.site if claim else None)
         for server in config.servers:
             runner = await _start_server(server, config, store, metrics)
             runners.append(runner)
@@ -113,6 +119,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             await runner.cleanup()
         if store is not None:
             await store.close()
+        if claim is not None:
+            claim.release()
 
 
 async def _start_server(server: ServerConfig, config: Config, store: Store, metrics: Metrics

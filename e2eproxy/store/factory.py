@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from e2eproxy.store.postgres import PostgresStore
 
 
-async def open_store(config: StoreConfig, passphrase: str | None) -> SqliteStore | PostgresStore:
-    """The configured store, opened; pass ``Config.store_passphrase()`` as ``passphrase``.
+async def open_store(config: StoreConfig, passphrase: str | None, *, site: str | None = None
+                     ) -> SqliteStore | PostgresStore:
+    """The configured store, opened; pass ``Config.store_passphrase()`` as ``passphrase``, and
+    the serving process's data dir claim as ``site`` (see RecordStore).
 
     Raises ``WrongPassphrase``, ``MigrationError`` or ``StoreError`` with one clear line.
     """
@@ -26,10 +28,10 @@ async def open_store(config: StoreConfig, passphrase: str | None) -> SqliteStore
                 f"store.url needs the PostgreSQL driver ({exc.name} is missing): "
                 "pip install 'e2eproxy[postgres]'"
             ) from exc
-        store = PostgresStore(
-            config.url, config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring
-        )
+        store = PostgresStore(config.url, config.data_dir, passphrase=passphrase,
+                              use_keyring=config.use_keyring, site=site)
     else:
-        store = SqliteStore(config.data_dir, passphrase=passphrase, use_keyring=config.use_keyring)
+        store = SqliteStore(config.data_dir, passphrase=passphrase,
+                            use_keyring=config.use_keyring, site=site)
     await store.open()
     return store

@@ -32,16 +32,17 @@ MAX_BACKOFF_MS = 1_000
 
 
 def take(txn: Txn, account: AccountKey, holder: str, now_ms: int, lease_ms: int,
-         want: bool = True) -> LeaseRow:
+         want: bool = True, gone: str | None = None) -> LeaseRow:
     """Take or extend the lease if possible; returns the row as it now stands (maybe another's,
     then, with ``want``, marked as wanted by ``holder``, so its holder hands it over at its next
-    renewal)."""
+    renewal). A holder id starting with ``gone`` is known dead (a predecessor of this process in
+    its data dir, see data_dir_claim.py): its lease counts as expired."""
     row = txn.lease_get(account)
     if row is None:
         new = LeaseRow(holder, now_ms + lease_ms, 1)
     elif row.holder == holder:
         new = LeaseRow(holder, now_ms + lease_ms, row.generation, row.wanted_by)
-    elif row.expires_ms <= now_ms:
+    elif row.expires_ms <= now_ms or (gone is not None and row.holder.startswith(gone)):
         new = LeaseRow(holder, now_ms + lease_ms, row.generation + 1)
     else:
         if want and row.wanted_by != holder:
@@ -94,10 +95,12 @@ class LeaseKeeper:
         holder: str,
         sleep: Callable[[float], Awaitable[None]],
         lease_ms: int = LEASE_MS,
+        gone: str | None = None,
     ) -> None:
         self._run = run
         self._clock = clock
         self.holder = holder
+        self._gone = gone  # holder ids of dead predecessors start with it (see take)
         self._sleep = sleep
         self._lease_ms = lease_ms
         self._held: dict[AccountKey, LeaseRow] = {}
@@ -114,7 +117,7 @@ class LeaseKeeper:
     async def _try(self, account: AccountKey, want: bool) -> LeaseRow:
         now = self._clock.now_ms()
         return await self._run(
-            lambda txn: take(txn, account, self.holder, now, self._lease_ms, want))
+            lambda txn: take(txn, account, self.holder, now, self._lease_ms, want, self._gone))
 
     def _granted(self, account: AccountKey, row: LeaseRow) -> Lease:
         previous = self._seen.get(account)

@@ -71,10 +71,17 @@ class RecordStore:
         clock: Clock | None = None,
         holder: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        site: str | None = None,
     ) -> None:
+        """``site``: the data dir claim's (data_dir_claim.py) of the one process serving it.
+        Holder ids start with it, and a lease under it that is not ours was left by a dead
+        predecessor and is taken at once."""
         self._backend = backend
         self._clock: Clock = clock or SystemClock()
-        self._leases = LeaseKeeper(backend.run, self._clock, holder or new_holder_id(), sleep)
+        gone = None if site is None else f"{site}/"
+        holder = holder or new_holder_id()
+        self._leases = LeaseKeeper(backend.run, self._clock,
+                                   holder if gone is None else gone + holder, sleep, gone=gone)
         self._room_keys_saved: dict[str, int] = {}
 
     async def open(self) -> None:

@@ -26,7 +26,7 @@ from tests.support.wire import assert_ciphertext_only
 # The proxy is killed under its clients: `session` pools no connection to the dead process.
 pytestmark = [pytest.mark.e2e, pytest.mark.fresh_connections]
 
-# After SIGKILL the next process waits out the dead holder's lease (LEASE_MS + 2 s) first.
+# A bound on the restart, not its usual time (the dead holder's leases are taken at once).
 RESTART_AFTER_KILL_S = 30.0
 BURST = 30
 AT_ONCE = 3

@@ -76,3 +76,29 @@ async def test_run_serves_ctl_ping_and_accounts(stub: StubHomeserver, tmp_path: 
         assert "e2eproxy is not running on this data dir" in err
     finally:
         proxy.stop()
+
+
+async def test_a_restart_after_sigkill_drives_its_accounts_at_once(
+    stub: StubHomeserver, tmp_path: Path
+) -> None:
+    """The leases a killed process left are taken at once by the next process on its data dir
+    (data_dir_claim.py), not waited out for a lease term (10 s) while requests and background
+    work for those accounts wait."""
+    assert stub.base_url is not None
+    data = tmp_path / "data"
+    proxy = ProxyProcess(stub.base_url, free_port(), data)
+    try:
+        await asyncio.to_thread(proxy.start)
+        stub.register("carol", "pw")
+        async with aiohttp.ClientSession() as http:
+            carol = PlainClient(http, proxy.url)
+            await carol.login("carol", "pw")
+        assert await asyncio.to_thread(proxy.kill) == -9
+        await asyncio.to_thread(proxy.start)  # well within the dead lease's 10 s
+
+        code, out, err = await e2eproxy("ctl", "--data-dir", str(data), "--json", "stats")
+        assert code == 0, err
+        assert json.loads(out)["accounts"] == 1, proxy.tail()
+        assert not [line for line in proxy.lines if "Not driving" in line], proxy.tail()
+    finally:
+        proxy.stop()
