@@ -7,7 +7,7 @@ Workloads: passthrough, send, decrypt, share (with a matrix-nio client for compa
 (pass-through against a real Synapse),
 engine (the engine alone vs raw vodozemac, and bench_store's save latency); and, only when
 named (``--only NAME``): accounts (15-20 minutes: a fleet of idle accounts on Synapse, with
-pantalaimon side by side, and a larger one on the stub), chaos (about 10 minutes: the crash loop
+pantalaimon side by side, and a larger one on the stub), chaos (a few minutes: the crash loop
 on Synapse with a matrix-nio and a Rust-crypto peer) and soak (10 minutes: 50 clients through
 one proxy, its resources sampled).
 ``--profile NAME`` runs one workload with the proxy child under cProfile and prints the top

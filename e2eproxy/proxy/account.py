@@ -18,10 +18,11 @@ rebuilt from the store (``reload``), as if the failed step had never run; whatev
 
 Lock order, outermost first; a lock is never taken while holding one listed after it:
 
-1. ``room_lock(room)``: one room key share (and the encryption that follows) per room;
-2. ``outgoing_lock``: one drainer of the engine's outgoing requests; ``claim_lock``: one
-   ``/keys/claim`` in flight (only around that HTTP request);
-3. ``lock``: the engine step itself. It is held across store I/O only, never across a request
+1. ``outgoing_lock``: one drainer of the engine's outgoing requests; a room event of the
+   engine's own (in-room verification) is encrypted and sent under it, taking the room lock;
+2. ``room_lock(room)``: one room key share (and the encryption that follows) per room;
+3. ``claim_lock``: one ``/keys/claim`` in flight (only around that HTTP request);
+4. ``lock``: the engine step itself. It is held across store I/O only, never across a request
    to the homeserver.
 """
 
