@@ -241,15 +241,20 @@ class ProxyProcess:
         return proc_memory_kib(self.proc.pid)
 
     async def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        await stop_child(self.proc)
+
+
+async def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, up to 10 s to exit, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    for _ in range(200):
+        if proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        for _ in range(200):
-            if self.proc.poll() is not None:
-                return
-            await asyncio.sleep(0.05)
-        self.proc.kill()
-        self.proc.wait()
+        await asyncio.sleep(0.05)
+    proc.kill()
+    proc.wait()
 
 
 # -- HTTP helpers --------------------------------------------------------------------------

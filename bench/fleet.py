@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import REPO, ProxyProcess, free_port, login, proc_memory_kib
+from bench.common import REPO, ProxyProcess, free_port, login, proc_memory_kib, stop_child
 from tests.support.processes import DIE_WITH_PARENT
 from tests.support.synapse import SynapseServer
 
@@ -177,15 +176,7 @@ class PantalaimonProcess:
         raise RuntimeError("pantalaimon did not start in time")
 
     async def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        for _ in range(200):
-            if self.proc.poll() is not None:
-                return
-            await asyncio.sleep(0.05)
-        self.proc.kill()
-        self.proc.wait()
+        await stop_child(self.proc)
 
 
 def describe(data: dict[str, Any]) -> str:
