@@ -23,7 +23,7 @@ from e2eproxy.errors import E2EProxyError
 
 try:
     import fcntl
-except ImportError:  # not on Windows: no claim, leases are waited out
+except ImportError:  # Windows has no flock: no claim, leases are waited out
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = "instance.lock"
@@ -40,9 +40,6 @@ class DataDirClaim:
     def __init__(self, fd: int, site: str) -> None:
         self._fd: int | None = fd
         self.site = site
-
-    def holder_prefix(self) -> str:
-        return f"{self.site}/"
 
     def release(self) -> None:
         if self._fd is not None:
